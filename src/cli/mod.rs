@@ -1,0 +1,245 @@
+//! The command line: clap derive, one file per subcommand, doc comments as
+//! help text. This is the only layer that prints, reads the environment or
+//! decides exit codes.
+//!
+//! Exit codes: 0 success; 1 the command ran and found differences or
+//! problems (`status --exit-code`, `audit`, conflicts on `pull`); 2 an error.
+
+mod add;
+mod audit;
+mod checkout;
+mod diff;
+mod gc;
+mod init;
+mod lineage;
+mod ls;
+mod remote;
+mod status;
+mod sync;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::progress::Progress;
+use crate::workspace::{Settings, Workspace, WorkspaceError};
+
+/// recsys: versioned datasets and models, lineage for every answer.
+///
+/// A content-addressed (BLAKE3) store for datasets and models, tracked in
+/// git by small pointer files, with remotes, an integrity audit and a
+/// lineage database that answers "which data and code made this?".
+#[derive(Parser, Debug)]
+#[command(name = "recsys", version, propagate_version = true)]
+#[command(
+    after_help = "Start with:\n  recsys init\n  recsys add data/ratings.csv --kind dataset\n  recsys remote add origin /mnt/backup/recsys --default\n  recsys push\n\nEnvironment: RECSYS_NOW (fixed clock, RFC 3339 or Unix ms; for tests),\nRECSYS_JOBS (parallel transfers, default 8)."
+)]
+pub struct Cli {
+    /// Run as if recsys was started in this directory.
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Print nothing but errors (and requested JSON).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Init(init::Args),
+    Add(add::Args),
+    Status(status::Args),
+    Checkout(checkout::Args),
+    Remote(remote::Args),
+    Push(sync::PushArgs),
+    Fetch(sync::FetchArgs),
+    Pull(sync::PullArgs),
+    Gc(gc::Args),
+    Audit(audit::Args),
+    Ls(ls::Args),
+    Diff(diff::Args),
+    Lineage(lineage::Args),
+}
+
+/// What every subcommand gets.
+pub(crate) struct Ctx {
+    pub dir: PathBuf,
+    pub quiet: bool,
+    pub settings: Settings,
+}
+
+impl Ctx {
+    pub fn open(&self) -> anyhow::Result<Workspace> {
+        Ok(Workspace::discover(&self.dir, self.settings.clone())?)
+    }
+
+    /// A progress bar on stderr when it is a terminal; nothing otherwise.
+    pub fn progress(&self) -> Bar {
+        let show = !self.quiet && std::io::stderr().is_terminal();
+        Bar(show.then(|| {
+            let b = indicatif::ProgressBar::hidden();
+            b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            b
+        }))
+    }
+
+    /// Print a line unless --quiet.
+    pub fn say(&self, s: impl AsRef<str>) {
+        if !self.quiet {
+            println!("{}", s.as_ref());
+        }
+    }
+}
+
+pub(crate) struct Bar(Option<indicatif::ProgressBar>);
+
+impl Progress for Bar {
+    fn start(&self, label: &str, total: u64) {
+        if let Some(b) = &self.0 {
+            b.reset();
+            b.set_length(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_message(label.to_string());
+        }
+    }
+    fn advance(&self, n: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(n);
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Human-readable byte count.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time (seconds precision).
+pub(crate) fn date(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub(crate) fn short(commit: &Option<String>) -> String {
+    match commit {
+        Some(c) => c.chars().take(12).collect(),
+        None => "-".into(),
+    }
+}
+
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn parse_now(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+}
+
+/// Entry point of the `recsys` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut settings = Settings::default();
+    if let Ok(v) = std::env::var("RECSYS_NOW") {
+        match parse_now(&v) {
+            Some(ms) => settings.now_ms = Some(ms),
+            None => {
+                eprintln!(
+                    "error: RECSYS_NOW={v:?} is neither Unix milliseconds nor an RFC 3339 time"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Ok(v) = std::env::var("RECSYS_JOBS")
+        && let Ok(j) = v.parse::<usize>()
+    {
+        settings.jobs = j.clamp(1, 256);
+    }
+    let ctx = Ctx {
+        dir: cli.dir.clone().unwrap_or_else(|| PathBuf::from(".")),
+        quiet: cli.quiet,
+        settings,
+    };
+    let res = match cli.command {
+        Command::Init(a) => init::run(a, &ctx),
+        Command::Add(a) => add::run(a, &ctx),
+        Command::Status(a) => status::run(a, &ctx),
+        Command::Checkout(a) => checkout::run(a, &ctx),
+        Command::Remote(a) => remote::run(a, &ctx),
+        Command::Push(a) => sync::push(a, &ctx),
+        Command::Fetch(a) => sync::fetch(a, &ctx),
+        Command::Pull(a) => sync::pull(a, &ctx),
+        Command::Gc(a) => gc::run(a, &ctx),
+        Command::Audit(a) => audit::run(a, &ctx),
+        Command::Ls(a) => ls::run(a, &ctx),
+        Command::Diff(a) => diff::run(a, &ctx),
+        Command::Lineage(a) => lineage::run(a, &ctx),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            // A closed pipe (`recsys ls | head`) is not an error.
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    match e.downcast_ref::<WorkspaceError>()? {
+        WorkspaceError::NotAProject(_) => Some("run `recsys init` in the project's root directory"),
+        WorkspaceError::Store(crate::store::StoreError::Corrupt { .. }) => Some(
+            "the local copy of that object is damaged: `recsys audit` lists all damage; \
+             delete the object file and `recsys fetch` it again from a remote",
+        ),
+        WorkspaceError::Store(crate::store::StoreError::Missing(_)) => {
+            Some("`recsys fetch` downloads missing objects from the default remote")
+        }
+        WorkspaceError::Pointer(_) => Some(
+            "pointer files are written by `recsys add`; restore it with `git checkout -- <file>`",
+        ),
+        _ => None,
+    }
+}

@@ -1,0 +1,15 @@
+//! recsys: a movie-recommendation service whose every answer is traceable
+//! to the model, data and code behind it.
+//!
+//! The library holds all logic; `src/main.rs` only calls [`cli::main`].
+//! See ARCHITECTURE.md for the module map and the on-disk layout.
+
+pub mod cli;
+pub mod lineage;
+pub mod model;
+pub mod movielens;
+pub mod paths;
+pub mod progress;
+pub mod store;
+pub mod stream;
+pub mod workspace;

@@ -1,0 +1,475 @@
+//! A store in a local directory: the project's `store/` and local remotes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::state::{Stamp, StateDb};
+use super::{Digest, IoContext, ObjectStore, Result, Source, StoreError, Writer};
+use crate::progress::Progress;
+
+/// Below this many files a batch fsyncs each; above, one `syncfs` is cheaper.
+const SYNCFS_THRESHOLD: usize = 16;
+/// Files at least this large are copied in kernel space and hashed with all cores.
+const BIG_FILE: u64 = 1 << 20;
+const COPY_CHUNK: usize = 64 << 20;
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Objects under `<root>/<2 hex>/<62 hex>`, temp files under `<root>/tmp/`.
+pub struct LocalStore {
+    root: PathBuf,
+    label: String,
+    state: Option<StateDb>,
+}
+
+impl LocalStore {
+    /// Open (creating if needed) a store directory. `label` is how it is
+    /// shown to users (credentials already redacted).
+    pub fn open(root: &Path, label: &str) -> Result<LocalStore> {
+        fs::create_dir_all(root.join("tmp")).ctx("create store directory", root)?;
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+            label: label.to_string(),
+            state: None,
+        })
+    }
+
+    /// Open the project's own store, with its state database (object stamps
+    /// and the work-tree stat cache).
+    pub fn open_with_state(root: &Path) -> Result<LocalStore> {
+        let mut s = LocalStore::open(root, &root.display().to_string())?;
+        s.state = Some(StateDb::open(&root.join("state.db"))?);
+        Ok(s)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn state(&self) -> Option<&StateDb> {
+        self.state.as_ref()
+    }
+
+    pub fn object_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.root.join(&hex[..2]).join(&hex[2..])
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// A lock that writers hold shared and `gc` holds exclusively, so `gc`
+    /// never removes the temp file of a write in progress. The OS drops it
+    /// when the process dies.
+    pub fn lock(&self, exclusive: bool) -> Result<File> {
+        let p = self.root.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .ctx("open lock", &p)?;
+        if exclusive {
+            f.lock().ctx("lock", &p)?;
+        } else {
+            f.lock_shared().ctx("lock", &p)?;
+        }
+        Ok(f)
+    }
+
+    /// The object's path after making sure its bytes still hash to its
+    /// name. An object whose stat stamp (size, mtime, inode) is unchanged
+    /// since it was last verified is trusted without re-hashing.
+    pub fn verified_path(&self, d: &Digest) -> Result<PathBuf> {
+        let p = self.object_path(d);
+        let meta = match fs::metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing(*d));
+            }
+            Err(e) => return Err(e).ctx("stat object", &p),
+        };
+        let stamp = Stamp::of(&meta);
+        if let Some(state) = &self.state
+            && state.object_stamp(d)? == Some(stamp)
+        {
+            return Ok(p);
+        }
+        let actual = hash_file(&p)?;
+        if actual != *d {
+            if let Some(state) = &self.state {
+                state.forget_object(d)?;
+            }
+            return Err(StoreError::Corrupt { digest: *d, actual });
+        }
+        if let Some(state) = &self.state {
+            state.set_object_stamps(&[(*d, stamp)])?;
+        }
+        Ok(p)
+    }
+
+    /// Re-hash an object unconditionally (audit). `Ok(None)` when missing.
+    pub fn rehash(&self, d: &Digest) -> Result<Option<Digest>> {
+        let p = self.object_path(d);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let actual = hash_file(&p)?;
+        if let Some(state) = &self.state {
+            if actual == *d {
+                let meta = fs::metadata(&p).ctx("stat object", &p)?;
+                state.set_object_stamps(&[(*d, Stamp::of(&meta))])?;
+            } else {
+                state.forget_object(d)?;
+            }
+        }
+        Ok(Some(actual))
+    }
+
+    /// Leftover temp files of killed writers: (path, size). Only safe to
+    /// delete while holding the exclusive [`LocalStore::lock`].
+    pub fn temp_files(&self) -> Result<Vec<(PathBuf, u64)>> {
+        let dir = self.tmp_dir();
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).ctx("list", &dir),
+        };
+        for e in rd {
+            let e = e.ctx("list", &dir)?;
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push((e.path(), len));
+        }
+        Ok(out)
+    }
+
+    /// Size of an object on disk, if present.
+    pub fn size_of(&self, d: &Digest) -> Option<u64> {
+        fs::metadata(self.object_path(d)).ok().map(|m| m.len())
+    }
+
+    fn new_temp(&self) -> Result<(PathBuf, File)> {
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = self
+            .tmp_dir()
+            .join(format!("{}-{seq}-{nanos:08x}", std::process::id()));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .ctx("create temp file", &p)?;
+        Ok((p, f))
+    }
+}
+
+/// BLAKE3 of a file, memory-mapped and hashed on all cores when large.
+pub fn hash_file(p: &Path) -> Result<Digest> {
+    let mut h = blake3::Hasher::new();
+    h.update_mmap_rayon(p).ctx("hash", p)?;
+    Ok(h.finalize().into())
+}
+
+impl ObjectStore for LocalStore {
+    fn location(&self) -> String {
+        self.label.clone()
+    }
+
+    fn contains(&self, d: &Digest) -> Result<bool> {
+        let p = self.object_path(d);
+        match fs::symlink_metadata(&p) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).ctx("stat object", &p),
+        }
+    }
+
+    fn get(&self, d: &Digest) -> Result<Option<Vec<u8>>> {
+        let p = self.object_path(d);
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx("read object", &p),
+        }
+    }
+
+    fn open(&self, d: &Digest) -> Result<Option<Box<dyn Read + Send>>> {
+        let p = self.object_path(d);
+        match File::open(&p) {
+            Ok(f) => Ok(Some(Box::new(f))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx("open object", &p),
+        }
+    }
+
+    fn local_path(&self, d: &Digest) -> Option<PathBuf> {
+        Some(self.object_path(d))
+    }
+
+    fn list(&self) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&self.root).ctx("list", &self.root)?;
+        for e in rd {
+            let e = e.ctx("list", &self.root)?;
+            let name = e.file_name();
+            let Some(prefix) = name.to_str() else {
+                continue;
+            };
+            if prefix.len() != 2 || !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let sub = e.path();
+            for f in fs::read_dir(&sub).ctx("list", &sub)? {
+                let f = f.ctx("list", &sub)?;
+                if let Some(rest) = f.file_name().to_str()
+                    && let Ok(d) = format!("{prefix}{rest}").parse::<Digest>()
+                {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove(&self, d: &Digest) -> Result<bool> {
+        let p = self.object_path(d);
+        match fs::remove_file(&p) {
+            Ok(()) => {
+                if let Some(state) = &self.state {
+                    state.forget_object(d)?;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).ctx("remove object", &p),
+        }
+    }
+
+    fn begin(&self) -> Result<Box<dyn Writer + '_>> {
+        Ok(Box::new(LocalWriter {
+            store: self,
+            pending: Mutex::new(Vec::new()),
+            _lock: self.lock(false)?,
+        }))
+    }
+
+    fn index_append(&self, lines: &[String]) -> Result<()> {
+        let p = self.root.join("index.log");
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .ctx("open index", &p)?;
+        let mut buf = String::new();
+        for l in lines {
+            buf.push_str(l);
+            buf.push('\n');
+        }
+        f.write_all(buf.as_bytes()).ctx("append to index", &p)?;
+        f.sync_data().ctx("sync index", &p)
+    }
+
+    fn index_read(&self) -> Result<Vec<String>> {
+        let p = self.root.join("index.log");
+        match fs::read_to_string(&p) {
+            Ok(s) => Ok(s.lines().map(str::to_string).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).ctx("read index", &p),
+        }
+    }
+}
+
+struct LocalWriter<'a> {
+    store: &'a LocalStore,
+    pending: Mutex<Vec<(PathBuf, Digest)>>,
+    _lock: File,
+}
+
+impl LocalWriter<'_> {
+    fn write_temp(
+        &self,
+        src: Source<'_>,
+        tmp: &Path,
+        mut f: File,
+        progress: &dyn Progress,
+    ) -> Result<(Digest, u64)> {
+        match src {
+            Source::Bytes(b) => {
+                f.write_all(b).ctx("write", tmp)?;
+                progress.advance(b.len() as u64);
+                Ok((Digest::of(b), b.len() as u64))
+            }
+            Source::Path(p) => {
+                let mut input = File::open(p).ctx("open", p)?;
+                let len = input.metadata().ctx("stat", p)?.len();
+                if len < BIG_FILE {
+                    let mut buf = Vec::with_capacity(len as usize);
+                    input.read_to_end(&mut buf).ctx("read", p)?;
+                    f.write_all(&buf).ctx("write", tmp)?;
+                    progress.advance(buf.len() as u64);
+                    return Ok((Digest::of(&buf), buf.len() as u64));
+                }
+                // Copy in kernel space, then hash what actually landed in
+                // the temp file: the digest names the stored bytes even if
+                // the source changes under us.
+                let mut copied = 0u64;
+                loop {
+                    match rustix::fs::copy_file_range(&input, None, &f, None, COPY_CHUNK) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            copied += n as u64;
+                            progress.advance(n as u64);
+                        }
+                        Err(_) if copied == 0 => {
+                            copied = std::io::copy(&mut input, &mut f).ctx("copy", p)?;
+                            progress.advance(copied);
+                            break;
+                        }
+                        Err(e) => return Err(std::io::Error::from(e)).ctx("copy", p),
+                    }
+                }
+                drop(f);
+                Ok((hash_file(tmp)?, copied))
+            }
+            Source::Reader(r) => {
+                let mut h = blake3::Hasher::new();
+                let mut buf = vec![0u8; 4 << 20];
+                let mut n_total = 0u64;
+                loop {
+                    let n = r.read(&mut buf).ctx("read", tmp)?;
+                    if n == 0 {
+                        break;
+                    }
+                    if n >= 1 << 20 {
+                        h.update_rayon(&buf[..n]);
+                    } else {
+                        h.update(&buf[..n]);
+                    }
+                    f.write_all(&buf[..n]).ctx("write", tmp)?;
+                    n_total += n as u64;
+                    progress.advance(n as u64);
+                }
+                Ok((h.finalize().into(), n_total))
+            }
+        }
+    }
+}
+
+impl Writer for LocalWriter<'_> {
+    fn put(
+        &self,
+        src: Source<'_>,
+        expected: Option<&Digest>,
+        progress: &dyn Progress,
+    ) -> Result<(Digest, u64)> {
+        let (tmp, f) = self.store.new_temp()?;
+        let res = self.write_temp(src, &tmp, f, progress);
+        let (d, n) = match res {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Some(exp) = expected
+            && *exp != d
+        {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::DigestMismatch {
+                expected: *exp,
+                actual: d,
+                from: "source".into(),
+            });
+        }
+        if self.store.contains(&d)? {
+            let _ = fs::remove_file(&tmp);
+            return Ok((d, n));
+        }
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444)).ctx("chmod", &tmp)?;
+        if let Ok(mut p) = self.pending.lock() {
+            p.push((tmp, d));
+        }
+        Ok((d, n))
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        let pending = match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => return Err(StoreError::Remote("writer poisoned".into())),
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // 1. Make every temp file durable: one syncfs for a big batch.
+        if pending.len() <= SYNCFS_THRESHOLD {
+            for (tmp, _) in &pending {
+                File::open(tmp)
+                    .and_then(|f| f.sync_all())
+                    .ctx("sync", tmp)?;
+            }
+        } else {
+            syncfs(&self.store.tmp_dir())?;
+        }
+        // 2. Publish under the content name.
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut stamps = Vec::with_capacity(pending.len());
+        for (tmp, d) in &pending {
+            let dst = self.store.object_path(d);
+            let parent = dst.parent().unwrap_or(&self.store.root).to_path_buf();
+            if !parent.exists() {
+                fs::create_dir_all(&parent).ctx("create", &parent)?;
+            }
+            if dst.exists() {
+                fs::remove_file(tmp).ctx("remove temp", tmp)?;
+            } else {
+                fs::rename(tmp, &dst).ctx("rename into store", &dst)?;
+                if let Ok(m) = fs::metadata(&dst) {
+                    stamps.push((*d, Stamp::of(&m)));
+                }
+            }
+            if !dirs.contains(&parent) {
+                dirs.push(parent);
+            }
+        }
+        // 3. Make the renames durable before anyone names these objects.
+        if dirs.len() <= SYNCFS_THRESHOLD {
+            dirs.push(self.store.root.clone());
+            for d in &dirs {
+                File::open(d).and_then(|f| f.sync_all()).ctx("sync", d)?;
+            }
+        } else {
+            syncfs(&self.store.root)?;
+        }
+        if let Some(state) = &self.store.state {
+            state.set_object_stamps(&stamps)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalWriter<'_> {
+    fn drop(&mut self) {
+        if let Ok(p) = self.pending.lock() {
+            for (tmp, _) in p.iter() {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+    }
+}
+
+fn syncfs(dir: &Path) -> Result<()> {
+    let f = File::open(dir).ctx("open", dir)?;
+    rustix::fs::syncfs(&f)
+        .map_err(std::io::Error::from)
+        .ctx("syncfs", dir)
+}

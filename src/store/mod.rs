@@ -1,0 +1,137 @@
+//! The content-addressed object store: BLAKE3-named, immutable objects.
+//!
+//! This module owns the object layout (`<root>/<2 hex>/<62 hex>`), atomic and
+//! batched-durable writes, object verification, directory manifests, remotes
+//! and the link strategies used to materialise objects. It never reads the
+//! environment and never prints.
+//!
+//! Every store — the project's local store, a remote, the in-memory store used
+//! in tests — implements [`ObjectStore`]; a missing object is `Ok(None)`.
+
+mod digest;
+pub mod link;
+mod local;
+pub mod manifest;
+mod memory;
+pub mod remote;
+pub mod state;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub use digest::{BadDigest, Digest};
+pub use local::{LocalStore, hash_file};
+pub use memory::MemoryStore;
+
+use crate::progress::Progress;
+
+/// Errors of the object store. Each names the object or path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object {digest} is corrupt: its content hashes to {actual}")]
+    Corrupt { digest: Digest, actual: Digest },
+    #[error("received bytes for {expected} from {from} hash to {actual}; refused")]
+    DigestMismatch {
+        expected: Digest,
+        actual: Digest,
+        from: String,
+    },
+    #[error("object {0} is not in the store")]
+    Missing(Digest),
+    #[error("manifest {digest}: line {line}: {reason}")]
+    BadManifest {
+        digest: Digest,
+        line: usize,
+        reason: String,
+    },
+    #[error("store state database {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("remote {0}")]
+    Remote(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attach a path and an operation to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| StoreError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// Where the bytes of a new object come from.
+pub enum Source<'a> {
+    /// A file on the local filesystem (copied in kernel space where possible).
+    Path(&'a Path),
+    /// Bytes already in memory (manifests, run records).
+    Bytes(&'a [u8]),
+    /// Any reader (e.g. a network body).
+    Reader(&'a mut (dyn Read + Send)),
+}
+
+/// A content-addressed object store.
+pub trait ObjectStore: Send + Sync {
+    /// Human-readable location with any credentials redacted.
+    fn location(&self) -> String;
+    fn contains(&self, digest: &Digest) -> Result<bool>;
+    /// The whole object in memory; for small objects (manifests, run records).
+    fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>>;
+    /// A streaming reader over the object.
+    fn open(&self, digest: &Digest) -> Result<Option<Box<dyn Read + Send>>>;
+    /// The object's path when the store is a local directory (fast copies).
+    fn local_path(&self, _digest: &Digest) -> Option<PathBuf> {
+        None
+    }
+    /// Every object digest in the store.
+    fn list(&self) -> Result<Vec<Digest>>;
+    /// Delete an object; `Ok(false)` when it was not there.
+    fn remove(&self, digest: &Digest) -> Result<bool>;
+    /// Start a batch of writes: objects become visible (and durable) on commit.
+    fn begin(&self) -> Result<Box<dyn Writer + '_>>;
+    /// Append lines to the store's append-only index (run records and log
+    /// segments that no pointer file names, e.g. from serving machines).
+    fn index_append(&self, lines: &[String]) -> Result<()>;
+    /// All lines of the append-only index.
+    fn index_read(&self) -> Result<Vec<String>>;
+}
+
+/// A batch of object writes. Safe to share between threads.
+pub trait Writer: Send + Sync {
+    /// Stream `src` into the batch while hashing it. With `expected`, bytes
+    /// that hash to anything else are refused and nothing is kept.
+    fn put(
+        &self,
+        src: Source<'_>,
+        expected: Option<&Digest>,
+        progress: &dyn Progress,
+    ) -> Result<(Digest, u64)>;
+    /// Make every object of the batch durable, then visible under its name.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// Store one small object at once (its own batch).
+pub fn put_bytes(store: &dyn ObjectStore, bytes: &[u8]) -> Result<Digest> {
+    let w = store.begin()?;
+    let (d, _) = w.put(Source::Bytes(bytes), None, &crate::progress::NoProgress)?;
+    w.commit()?;
+    Ok(d)
+}

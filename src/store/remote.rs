@@ -1,0 +1,241 @@
+//! Remotes: other stores that objects are pushed to and fetched from.
+//!
+//! A remote is any [`ObjectStore`]; today that is a local directory (a path
+//! or a `file://` URL). An S3-compatible remote implements the same trait.
+//! URLs may carry credentials: only [`redact`]ed forms are ever shown.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::{Digest, LocalStore, ObjectStore, Result, Source, StoreError};
+use crate::progress::Progress;
+
+/// Objects per write batch: a killed transfer loses at most one batch.
+const BATCH: usize = 2000;
+
+/// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`; a
+/// user-only part is kept, query strings with tokens are dropped.
+pub fn redact(url: &str) -> String {
+    let (head, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => return url.to_string(),
+    };
+    let (auth_end, rest_path) = match rest.find('/') {
+        Some(i) => (i, &rest[i..]),
+        None => (rest.len(), ""),
+    };
+    let authority = &rest[..auth_end];
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let host = &authority[at + 1..];
+            match userinfo.find(':') {
+                Some(c) => format!("{}:***@{host}", &userinfo[..c]),
+                None => format!("***@{host}"),
+            }
+        }
+        None => authority.to_string(),
+    };
+    let path = match rest_path.find('?') {
+        Some(q) => format!("{}?***", &rest_path[..q]),
+        None => rest_path.to_string(),
+    };
+    format!("{head}{authority}{path}")
+}
+
+/// Where a remote URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteUrl {
+    Local(PathBuf),
+}
+
+/// Parse a remote URL; relative paths are relative to `base`.
+pub fn parse_url(url: &str, base: &Path) -> Result<RemoteUrl> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        // file:///abs/path or file://localhost/abs/path
+        let path = rest.strip_prefix("localhost").unwrap_or(rest);
+        if !path.starts_with('/') {
+            return Err(StoreError::Remote(format!(
+                "{}: a file:// URL needs an absolute path (file:///path/to/dir)",
+                redact(url)
+            )));
+        }
+        return Ok(RemoteUrl::Local(PathBuf::from(path)));
+    }
+    if let Some(i) = url.find("://") {
+        return Err(StoreError::Remote(format!(
+            "{}: remote scheme `{}` is not supported yet (local directories only)",
+            redact(url),
+            &url[..i]
+        )));
+    }
+    if url.is_empty() {
+        return Err(StoreError::Remote("empty remote URL".into()));
+    }
+    let p = Path::new(url);
+    Ok(RemoteUrl::Local(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }))
+}
+
+/// Open the store behind a remote URL.
+pub fn open(url: &str, base: &Path) -> Result<Box<dyn ObjectStore>> {
+    match parse_url(url, base)? {
+        RemoteUrl::Local(p) => Ok(Box::new(LocalStore::open(&p, &redact(url))?)),
+    }
+}
+
+/// What a transfer did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Transferred {
+    pub objects: usize,
+    pub bytes: u64,
+    pub already_there: usize,
+}
+
+/// Copy the objects of each phase that `to` lacks, in parallel, verifying
+/// every object's digest as it is received. Phases are committed in order
+/// (a directory's files before its manifest, data before run records), so a
+/// reader never sees an object whose references are missing. A rerun after
+/// an interruption moves only what is still missing.
+pub fn transfer(
+    from: &dyn ObjectStore,
+    to: &dyn ObjectStore,
+    phases: &[Vec<Digest>],
+    jobs: usize,
+    progress: &dyn Progress,
+) -> Result<Transferred> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs.max(1))
+        .build()
+        .map_err(|e| StoreError::Remote(format!("thread pool: {e}")))?;
+    pool.install(|| {
+        let mut stats = Transferred::default();
+        let mut todo_phases = Vec::new();
+        for phase in phases {
+            let missing: Vec<Digest> = phase
+                .par_iter()
+                .filter_map(|d| match to.contains(d) {
+                    Ok(true) => None,
+                    Ok(false) => Some(Ok(*d)),
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<_>>()?;
+            stats.already_there += phase.len() - missing.len();
+            todo_phases.push(missing);
+        }
+        let total: u64 = todo_phases
+            .iter()
+            .flatten()
+            .map(|d| size_hint(from, d))
+            .sum();
+        progress.start("transfer", total);
+        for missing in todo_phases {
+            for chunk in missing.chunks(BATCH) {
+                let w = to.begin()?;
+                let moved: Vec<u64> = chunk
+                    .par_iter()
+                    .map(|d| copy_one(from, &*w, d, progress))
+                    .collect::<Result<_>>()?;
+                w.commit()?;
+                stats.objects += moved.len();
+                stats.bytes += moved.iter().sum::<u64>();
+            }
+        }
+        progress.finish();
+        Ok(stats)
+    })
+}
+
+fn size_hint(from: &dyn ObjectStore, d: &Digest) -> u64 {
+    from.local_path(d)
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+fn copy_one(
+    from: &dyn ObjectStore,
+    w: &dyn super::Writer,
+    d: &Digest,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let res = match from.local_path(d) {
+        Some(p) if p.exists() => w.put(Source::Path(&p), Some(d), progress),
+        _ => {
+            let mut r = from.open(d)?.ok_or(StoreError::Missing(*d))?;
+            w.put(Source::Reader(&mut r), Some(d), progress)
+        }
+    };
+    match res {
+        Ok((_, n)) => Ok(n),
+        Err(StoreError::DigestMismatch {
+            expected, actual, ..
+        }) => Err(StoreError::DigestMismatch {
+            expected,
+            actual,
+            from: from.location(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::store::{MemoryStore, put_bytes};
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(
+            redact("s3://AKIA123:s3cr3t@bucket/path"),
+            "s3://AKIA123:***@bucket/path"
+        );
+        assert_eq!(
+            redact("https://tok@host/x?sig=abc"),
+            "https://***@host/x?***"
+        );
+        assert_eq!(redact("/plain/path"), "/plain/path");
+        let e = parse_url("s3://AKIA:s3cr3t@bucket/x", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
+        assert!(e.contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn local_urls() {
+        let base = Path::new("/proj");
+        assert_eq!(
+            parse_url("file:///srv/r", base).unwrap(),
+            RemoteUrl::Local("/srv/r".into())
+        );
+        assert_eq!(
+            parse_url("../r", base).unwrap(),
+            RemoteUrl::Local("/proj/../r".into())
+        );
+        assert!(parse_url("file://relative", base).is_err());
+    }
+
+    #[test]
+    fn transfer_moves_only_missing_and_refuses_corrupt_source() {
+        let a = MemoryStore::new();
+        let b = MemoryStore::new();
+        let d1 = put_bytes(&a, b"one").unwrap();
+        let d2 = put_bytes(&a, b"two").unwrap();
+        put_bytes(&b, b"one").unwrap();
+        let t = transfer(&a, &b, &[vec![d1, d2]], 2, &NoProgress).unwrap();
+        assert_eq!((t.objects, t.already_there), (1, 1));
+        assert_eq!(b.get(&d2).unwrap().unwrap(), b"two");
+
+        let d3 = put_bytes(&a, b"three").unwrap();
+        a.corrupt(&d3, b"thr3e".to_vec());
+        let e = transfer(&a, &b, &[vec![d3]], 2, &NoProgress).unwrap_err();
+        assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
+        assert!(!b.contains(&d3).unwrap());
+    }
+}

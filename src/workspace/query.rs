@@ -1,0 +1,221 @@
+//! Read-only views: `ls`, `diff`, `lineage`, and `lineage --rebuild`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::{Result, Workspace, WorkspaceError};
+use crate::lineage::run::RUN_MAGIC;
+use crate::lineage::{ArtifactRow, RunRow};
+use crate::store::{Digest, ObjectStore};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EdgeView {
+    pub name: String,
+    pub digest: Digest,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ArtifactLineage {
+    pub artifact: ArtifactRow,
+    /// The run that produced it.
+    pub run: Option<RunRow>,
+    pub inputs: Vec<EdgeView>,
+    pub outputs: Vec<EdgeView>,
+    /// Runs that read it.
+    pub used_by: Vec<RunRow>,
+    /// The command that restores exactly these bytes.
+    pub restore: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiffEntry {
+    pub path: String,
+    /// `added`, `removed` or `changed`.
+    pub change: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<EdgeView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<EdgeView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RebuildReport {
+    pub runs_indexed: usize,
+    pub artifacts: usize,
+    /// Run records named by pointer files but absent from the store.
+    pub missing_run_records: Vec<String>,
+    pub conflicts: Vec<String>,
+}
+
+impl Workspace {
+    /// Find an artifact by version name, digest (or a unique prefix of at
+    /// least 6 hex digits), or work-tree path.
+    pub fn find_artifact(&self, q: &str) -> Result<ArtifactRow> {
+        if let Some(a) = self.lineage.artifact_by_name(q)? {
+            return Ok(a);
+        }
+        if q.len() >= 6 && q.len() <= 64 && q.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let hits = self
+                .lineage
+                .artifacts_by_digest_prefix(&q.to_ascii_lowercase())?;
+            match hits.len() {
+                0 => {}
+                1 => return Ok(hits.into_iter().next().unwrap_or_else(|| unreachable!())),
+                _ => {
+                    return Err(WorkspaceError::Invalid(format!(
+                        "{q} is ambiguous: {}",
+                        hits.iter()
+                            .map(|a| a.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+        }
+        let path = std::path::Path::new(q);
+        if let Ok(ptr) = self.pointer_for_arg(path)
+            && self.root().join(&ptr).exists()
+        {
+            let (p, _) = self.read_pointer(&ptr)?;
+            return self.lineage.artifact_by_name(&p.name)?.ok_or_else(|| {
+                WorkspaceError::Invalid(format!(
+                    "{q} is {} but lineage.db does not know it yet: run `recsys pull` \
+                     (or `recsys lineage --rebuild`)",
+                    p.name
+                ))
+            });
+        }
+        Err(WorkspaceError::UnknownArtifact(q.to_string()))
+    }
+
+    pub fn artifact_lineage(&self, q: &str) -> Result<ArtifactLineage> {
+        let artifact = self.find_artifact(q)?;
+        let run = self.lineage.run(&artifact.run)?;
+        let mut inputs = Vec::new();
+        let mut outputs = Vec::new();
+        for (dir, name, digest) in self.lineage.run_edges(&artifact.run)? {
+            let e = EdgeView { name, digest };
+            if dir == "in" {
+                inputs.push(e);
+            } else {
+                outputs.push(e);
+            }
+        }
+        let mut used_by = Vec::new();
+        for id in self.lineage.consumers(&artifact.digest)? {
+            if let Some(r) = self.lineage.run(&id)? {
+                used_by.push(r);
+            }
+        }
+        let restore = match (&artifact.path, &artifact.git_commit) {
+            (Some(p), Some(c)) => format!("recsys checkout {p} --rev {}", &c[..c.len().min(12)]),
+            (Some(p), None) => format!("recsys checkout {p}"),
+            (None, _) => format!("recsys pull && recsys checkout  # {}", artifact.name),
+        };
+        Ok(ArtifactLineage {
+            artifact,
+            run,
+            inputs,
+            outputs,
+            used_by,
+            restore,
+        })
+    }
+
+    /// Tracked artifacts added, changed or removed between two revisions.
+    /// `b = None` compares with the work tree's pointer files.
+    pub fn diff(&self, a: &str, b: Option<&str>) -> Result<Vec<DiffEntry>> {
+        let side = |rev: Option<&str>| -> Result<BTreeMap<String, EdgeView>> {
+            let list = match rev {
+                Some(r) => self.pointers_at(r)?,
+                None => {
+                    let mut v = Vec::new();
+                    for rel in self.pointer_files()? {
+                        let (p, art) = self.read_pointer(&rel)?;
+                        v.push((rel, p, art));
+                    }
+                    v
+                }
+            };
+            Ok(list
+                .into_iter()
+                .map(|(_, p, art)| {
+                    (
+                        art,
+                        EdgeView {
+                            name: p.name,
+                            digest: p.digest,
+                        },
+                    )
+                })
+                .collect())
+        };
+        let old = side(Some(a))?;
+        let new = side(b)?;
+        let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        let mut out = Vec::new();
+        for k in keys {
+            let (o, n) = (old.get(k), new.get(k));
+            let change = match (o, n) {
+                (None, Some(_)) => "added",
+                (Some(_), None) => "removed",
+                (Some(o), Some(n)) if o.digest != n.digest || o.name != n.name => "changed",
+                _ => continue,
+            };
+            out.push(DiffEntry {
+                path: k.clone(),
+                change,
+                old: o.cloned(),
+                new: n.cloned(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Recreate the lineage index from run records: those named by pointer
+    /// files in the work tree and in every commit, and every run record in
+    /// the store.
+    pub fn rebuild_lineage(&mut self) -> Result<RebuildReport> {
+        let mut named: BTreeSet<Digest> = BTreeSet::new();
+        let mut named_by: BTreeMap<Digest, String> = BTreeMap::new();
+        for rel in self.pointer_files()? {
+            if let Ok((p, _)) = self.read_pointer(&rel)
+                && let Some(r) = p.run
+            {
+                named.insert(r);
+                named_by.entry(r).or_insert(rel);
+            }
+        }
+        if let Some(g) = self.git() {
+            for c in g.all_commits()? {
+                for (rel, p, _) in self.pointers_at(&c)? {
+                    if let Some(r) = p.run {
+                        named.insert(r);
+                        named_by.entry(r).or_insert(format!("{}:{rel}", &c[..12]));
+                    }
+                }
+            }
+        }
+        let mut runs = named.clone();
+        for d in self.store.list()? {
+            if self.object_starts_with(&d, RUN_MAGIC) {
+                runs.insert(d);
+            }
+        }
+        let mut report = RebuildReport::default();
+        for (r, by) in &named_by {
+            if !self.store.contains(r)? {
+                report.missing_run_records.push(format!(
+                    "{r} (named by {by}): not in the store; run `recsys pull`"
+                ));
+            }
+        }
+        self.lineage.clear_index()?;
+        let (n, conflicts) = self.index_runs(&runs, "this project")?;
+        report.runs_indexed = n;
+        report.conflicts = conflicts;
+        report.artifacts = self.lineage.artifacts(None)?.len();
+        Ok(report)
+    }
+}
