@@ -34,7 +34,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let mut ws = ctx.open()?;
+    let ws = ctx.open()?;
     let bar = ctx.progress();
     let added = ws.add(
         &a.paths,

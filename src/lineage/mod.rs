@@ -11,7 +11,7 @@ pub mod run;
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 pub use run::{ArtifactRef, CodeVersion, RunRecord};
@@ -158,26 +158,32 @@ impl LineageDb {
     }
 
     /// Run `f` inside an IMMEDIATE transaction: writers are serialised, so
-    /// two processes never hand out the same version name.
+    /// two processes never hand out the same version name. Rolled back when
+    /// `f` fails.
     pub fn write_txn<T, E: From<LineageError>>(
-        &mut self,
+        &self,
         f: impl FnOnce(&Txn<'_>) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        let path = self.path.clone();
-        let to_err = move |source| LineageError::Db {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&to_err)?;
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
         let out = f(&Txn {
-            tx: &tx,
+            tx: &self.conn,
             path: &self.path,
-        })?;
-        tx.commit().map_err(to_err)?;
-        Ok(out)
+        });
+        match out {
+            Ok(v) => {
+                if let Err(e) = self.conn.execute_batch("COMMIT") {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(self.err(e).into());
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     pub fn artifacts(&self, kind: Option<&str>) -> Result<Vec<ArtifactRow>> {
@@ -397,7 +403,7 @@ fn query_artifacts(
 
 /// A write transaction on the lineage index.
 pub struct Txn<'a> {
-    tx: &'a rusqlite::Transaction<'a>,
+    tx: &'a Connection,
     path: &'a Path,
 }
 
@@ -426,6 +432,24 @@ impl Txn<'_> {
             }
         }
         Ok(max)
+    }
+
+    /// The version already registered for these bytes at this path (a
+    /// rerun after a crash between indexing and writing the pointer).
+    pub fn artifact_at(
+        &self,
+        digest: &Digest,
+        path: &str,
+        kind: &str,
+    ) -> Result<Option<ArtifactRow>> {
+        Ok(query_artifacts(
+            self.tx,
+            "WHERE digest = ?1 AND path = ?2 AND kind = ?3 ORDER BY created DESC",
+            params![digest.hex(), path, kind],
+        )
+        .map_err(|e| self.err(e))?
+        .into_iter()
+        .next())
     }
 
     pub fn artifact_by_name(&self, name: &str) -> Result<Option<ArtifactRow>> {

@@ -1,16 +1,21 @@
-//! `recsys add`: stream artifacts into the store and track them.
+//! Recording runs and their output artifacts: `recsys add`, and every
+//! pipeline step (import, ingest, train) that produces a dataset or model.
+//!
+//! Order of durability: objects and the run record are durable in the
+//! store, then lineage.db indexes the run, then pointer files are written.
+//! A crash at any point leaves no pointer naming a missing object.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
 use super::pointer::{EXT, Kind, Pointer, valid_name};
-use super::scan::{Scan, digest_of};
+use super::scan::{FileScan, Scan, digest_of};
 use super::{Result, Workspace, WorkspaceError, number_after, write_atomic};
 use crate::lineage::{ArtifactRef, RunRecord, run::RUN_FORMAT};
 use crate::progress::Progress;
-use crate::store::{Digest, ObjectStore, Source};
+use crate::store::{Digest, ObjectStore, Source, Writer};
 
 #[derive(Debug, Clone, Default)]
 pub struct AddOptions {
@@ -18,7 +23,45 @@ pub struct AddOptions {
     pub name: Option<String>,
 }
 
-/// One artifact `add` tracked.
+/// An artifact a run writes: a file or directory inside the project.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub path: PathBuf,
+    /// Default: the existing pointer's kind, else `model` under `models/`,
+    /// else `dataset`.
+    pub kind: Option<Kind>,
+    /// A fixed version name instead of the next automatic one.
+    pub name: Option<String>,
+}
+
+/// Everything about a run except its outputs.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// `add`, `import`, `ingest`, `train`, `evaluate`, ...
+    pub kind: String,
+    pub started: i64,
+    pub algorithm: Option<String>,
+    pub params: serde_json::Value,
+    pub metrics: serde_json::Value,
+    pub source: serde_json::Value,
+    pub inputs: Vec<ArtifactRef>,
+}
+
+impl RunSpec {
+    pub fn new(kind: &str, started: i64) -> RunSpec {
+        RunSpec {
+            kind: kind.into(),
+            started,
+            algorithm: None,
+            params: serde_json::json!({}),
+            metrics: serde_json::json!({}),
+            source: serde_json::json!({}),
+            inputs: Vec::new(),
+        }
+    }
+}
+
+/// One artifact tracked by a run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Added {
     pub path: String,
@@ -32,6 +75,41 @@ pub struct Added {
     pub run: Option<Digest>,
     /// Already tracked with these exact bytes: nothing changed.
     pub unchanged: bool,
+}
+
+impl Added {
+    pub fn as_ref(&self) -> ArtifactRef {
+        ArtifactRef {
+            digest: self.digest,
+            kind: self.kind.as_str().into(),
+            name: self.name.clone(),
+            size: self.size,
+            files: self.files,
+            path: Some(self.path.clone()),
+        }
+    }
+}
+
+/// An output whose bytes are in the write batch but not yet named.
+struct Staged {
+    art_rel: String,
+    ptr_rel: String,
+    file_name: String,
+    existing: Option<Pointer>,
+    scan: Scan,
+    digest: Digest,
+    size: u64,
+    files: Option<u64>,
+    kind: Kind,
+    want_name: Option<String>,
+}
+
+impl Staged {
+    fn unchanged(&self) -> bool {
+        matches!(&self.existing, Some(p) if p.digest == self.digest
+            && p.kind == self.kind
+            && self.want_name.as_ref().is_none_or(|n| *n == p.name))
+    }
 }
 
 impl Workspace {
@@ -54,10 +132,9 @@ impl Workspace {
         Ok(names)
     }
 
-    /// Add files or directories: copy their bytes into the store (verified
-    /// and durable), register a run in lineage, then write the pointer.
+    /// `recsys add`: each path becomes its own `add` run.
     pub fn add(
-        &mut self,
+        &self,
         paths: &[PathBuf],
         opts: &AddOptions,
         progress: &dyn Progress,
@@ -67,32 +144,155 @@ impl Workspace {
                 "--name names one version: give exactly one path".into(),
             ));
         }
-        if let Some(n) = &opts.name
-            && !valid_name(n)
-        {
-            return Err(WorkspaceError::Invalid(format!(
-                "bad version name {n:?}: use letters, digits, `_`, `-`, `.`"
-            )));
-        }
-        let mut used = self.names_in_pointers()?;
         let mut out = Vec::new();
         for p in paths {
-            let a = self.add_one(p, opts, &mut used, progress)?;
-            used.entry(a.name.clone()).or_default().push(a.digest);
-            out.push(a);
+            let rel = self.rel_path(p)?;
+            let mut spec = RunSpec::new("add", self.now_ms());
+            spec.source = serde_json::json!({ "path": rel });
+            let (_, mut added) = self.record_run(
+                spec,
+                &[Output {
+                    path: p.clone(),
+                    kind: opts.kind,
+                    name: opts.name.clone(),
+                }],
+                progress,
+            )?;
+            out.append(&mut added);
         }
         Ok(out)
     }
 
-    fn add_one(
-        &mut self,
-        path: &std::path::Path,
-        opts: &AddOptions,
-        used: &mut HashMap<String, Vec<Digest>>,
+    /// Store `outputs`, write a run record naming `spec.inputs` and the
+    /// outputs, index it, then write the outputs' pointer files. Returns the
+    /// run id (`None` for an `add` that changed nothing) and the outputs.
+    pub fn record_run(
+        &self,
+        spec: RunSpec,
+        outputs: &[Output],
         progress: &dyn Progress,
-    ) -> Result<Added> {
-        let started = self.now_ms();
-        let art_rel = self.rel_path(path)?.trim_end_matches('/').to_string();
+    ) -> Result<(Option<Digest>, Vec<Added>)> {
+        for o in outputs {
+            if let Some(n) = &o.name
+                && !valid_name(n)
+            {
+                return Err(WorkspaceError::Invalid(format!(
+                    "bad version name {n:?}: use letters, digits, `_`, `-`, `.`"
+                )));
+            }
+        }
+        let used = if outputs.is_empty() {
+            HashMap::new()
+        } else {
+            self.names_in_pointers()?
+        };
+        let writer = self.store.begin()?;
+        let mut staged = Vec::with_capacity(outputs.len());
+        for o in outputs {
+            staged.push(self.stage(o, &*writer, progress)?);
+        }
+        if spec.kind == "add" && staged.iter().all(Staged::unchanged) {
+            writer.commit()?;
+            let mut out = Vec::new();
+            for s in &staged {
+                let p = s.existing.as_ref();
+                out.push(self.finish_output(
+                    s,
+                    p.map(|p| p.name.clone()).unwrap_or_default(),
+                    p.and_then(|p| p.run),
+                    false,
+                )?);
+            }
+            return Ok((None, out));
+        }
+
+        let code = self.code_version()?;
+        let ended = self.now_ms();
+        let (names, run_id) = self
+            .lineage
+            .write_txn(|tx| -> Result<(Vec<String>, Digest)> {
+                let mut names: Vec<String> = Vec::new();
+                for s in &staged {
+                    let name = match (&s.want_name, &s.existing) {
+                        (Some(n), _) => {
+                            let clash_db = tx.artifact_by_name(n)?.filter(|a| a.digest != s.digest);
+                            let clash_ptr = used
+                                .get(n)
+                                .and_then(|ds| ds.iter().find(|d| **d != s.digest).copied());
+                            if let Some(other) = clash_db.map(|a| a.digest).or(clash_ptr) {
+                                return Err(WorkspaceError::Invalid(format!(
+                                    "version name {n} is already used for other bytes ({}); \
+                                 a name is never reused — pick another",
+                                    other.short()
+                                )));
+                            }
+                            n.clone()
+                        }
+                        (None, Some(p)) if p.digest == s.digest && p.kind == s.kind => {
+                            p.name.clone()
+                        }
+                        (None, _)
+                            if let Some(a) =
+                                tx.artifact_at(&s.digest, &s.art_rel, s.kind.as_str())? =>
+                        {
+                            a.name
+                        }
+                        (None, _) => {
+                            let prefix = s.kind.prefix();
+                            let from_pointers = used
+                                .keys()
+                                .map(String::as_str)
+                                .chain(names.iter().map(String::as_str))
+                                .filter_map(|k| number_after(k, prefix))
+                                .max()
+                                .unwrap_or(0);
+                            let next = tx.max_number(prefix)?.max(from_pointers) + 1;
+                            format!("{prefix}{next}")
+                        }
+                    };
+                    names.push(name);
+                }
+                let record = RunRecord {
+                    recsys_run: RUN_FORMAT,
+                    kind: spec.kind.clone(),
+                    started: spec.started,
+                    ended,
+                    code,
+                    algorithm: spec.algorithm.clone(),
+                    params: spec.params.clone(),
+                    metrics: spec.metrics.clone(),
+                    source: spec.source.clone(),
+                    inputs: spec.inputs.clone(),
+                    outputs: staged
+                        .iter()
+                        .zip(&names)
+                        .map(|(s, n)| ArtifactRef {
+                            digest: s.digest,
+                            kind: s.kind.as_str().into(),
+                            name: n.clone(),
+                            size: s.size,
+                            files: s.files,
+                            path: Some(s.art_rel.clone()),
+                        })
+                        .collect(),
+                };
+                let (run_id, _) = writer.put(Source::Bytes(&record.to_bytes()), None, progress)?;
+                // Objects and run record are durable before lineage or any
+                // pointer file names them.
+                writer.commit()?;
+                tx.index_run(&run_id, &record, "this project")?;
+                Ok((names, run_id))
+            })?;
+        let mut out = Vec::new();
+        for (s, name) in staged.iter().zip(names) {
+            out.push(self.finish_output(s, name, Some(run_id), true)?);
+        }
+        Ok((Some(run_id), out))
+    }
+
+    /// Copy an output's files the store lacks into the batch and hash it.
+    fn stage(&self, o: &Output, writer: &dyn Writer, progress: &dyn Progress) -> Result<Staged> {
+        let art_rel = self.rel_path(&o.path)?.trim_end_matches('/').to_string();
         if art_rel.ends_with(EXT) {
             return Err(WorkspaceError::Invalid(format!(
                 "{art_rel} is a pointer file; add the artifact it names instead"
@@ -105,169 +305,102 @@ impl Workspace {
             None
         };
         let mut scan = self.scan(&art_rel)?;
-        if matches!(scan, Scan::Missing) {
-            return Err(WorkspaceError::Invalid(format!(
-                "{art_rel}: no such file or directory"
-            )));
-        }
-
-        // 1. Stream every file the store lacks into one write batch.
-        let writer = self.store.begin()?;
-        {
-            let files: &mut [super::scan::FileScan] = match &mut scan {
-                Scan::File(f) => std::slice::from_mut(f),
-                Scan::Dir(v) => v,
-                Scan::Missing => &mut [],
-            };
-            let store = &self.store;
-            let mut todo = Vec::new();
-            for f in files.iter_mut() {
-                let known = match f.digest {
-                    Some(d) => store.contains(&d)?,
-                    None => false,
-                };
-                if !known {
-                    todo.push(f);
-                }
+        let files: &mut [FileScan] = match &mut scan {
+            Scan::File(f) => std::slice::from_mut(f),
+            Scan::Dir(v) => v,
+            Scan::Missing => {
+                return Err(WorkspaceError::Invalid(format!(
+                    "{art_rel}: no such file or directory"
+                )));
             }
-            progress.start("add", todo.iter().map(|f| f.stamp.size).sum());
-            let w = &*writer;
-            todo.into_par_iter().try_for_each(|f| -> Result<()> {
-                let (d, _) = w.put(Source::Path(&f.abs), None, progress)?;
-                f.digest = Some(d);
-                Ok(())
-            })?;
-            progress.finish();
+        };
+        let store = &self.store;
+        let mut todo = Vec::new();
+        for f in files.iter_mut() {
+            let known = match f.digest {
+                Some(d) => store.contains(&d)?,
+                None => false,
+            };
+            if !known {
+                todo.push(f);
+            }
         }
+        progress.start("add", todo.iter().map(|f| f.stamp.size).sum());
+        todo.into_par_iter().try_for_each(|f| -> Result<()> {
+            let (d, _) = writer.put(Source::Path(&f.abs), None, progress)?;
+            f.digest = Some(d);
+            Ok(())
+        })?;
+        progress.finish();
         let Some((digest, size, manifest)) = digest_of(&scan) else {
             return Err(WorkspaceError::Invalid(format!(
                 "{art_rel}: could not hash"
             )));
         };
-        let files = manifest.as_ref().map(|m| m.entries.len() as u64);
         if let Some(m) = &manifest {
             writer.put(Source::Bytes(&m.to_bytes()), None, progress)?;
         }
-
-        let kind = opts.kind.or(existing.as_ref().map(|p| p.kind)).unwrap_or(
+        let kind = o.kind.or(existing.as_ref().map(|p| p.kind)).unwrap_or(
             if art_rel.starts_with("models/") {
                 Kind::Model
             } else {
                 Kind::Dataset
             },
         );
-        let file_name = art_rel.rsplit('/').next().unwrap_or(&art_rel).to_string();
-        let art_dir = self.root.join(&art_rel);
-        let art_dir = art_dir.parent().unwrap_or(&self.root).to_path_buf();
+        Ok(Staged {
+            file_name: art_rel.rsplit('/').next().unwrap_or(&art_rel).to_string(),
+            ptr_rel,
+            existing,
+            files: manifest.as_ref().map(|m| m.entries.len() as u64),
+            scan,
+            digest,
+            size,
+            kind,
+            want_name: o.name.clone(),
+            art_rel,
+        })
+    }
 
-        // Unchanged: same bytes, same name, same kind. Nothing to record.
-        if let Some(p) = &existing
-            && p.digest == digest
-            && p.kind == kind
-            && opts.name.as_ref().is_none_or(|n| *n == p.name)
-        {
-            writer.commit()?;
-            self.ensure_ignored(&art_dir, &[&format!("/{file_name}")])?;
-            self.remember(&art_rel, &scan)?;
-            return Ok(Added {
-                path: art_rel,
-                pointer: ptr_rel,
-                kind,
-                name: p.name.clone(),
-                digest,
-                size,
-                files,
-                run: p.run,
-                unchanged: true,
-            });
+    /// Write the pointer (when new), the .gitignore entry and the stat cache.
+    fn finish_output(
+        &self,
+        s: &Staged,
+        name: String,
+        run: Option<Digest>,
+        write: bool,
+    ) -> Result<Added> {
+        let unchanged = s.unchanged() && s.existing.as_ref().map(|p| &p.name) == Some(&name);
+        if write && !unchanged {
+            let pointer = Pointer {
+                path: s.file_name.clone(),
+                is_dir: matches!(s.scan, Scan::Dir(_)),
+                kind: s.kind,
+                name: name.clone(),
+                digest: s.digest,
+                size: s.size,
+                files: s.files,
+                run,
+            };
+            write_atomic(&self.root.join(&s.ptr_rel), pointer.to_text().as_bytes())?;
         }
-
-        // 2. Name the version and record the run, serialised with every
-        //    other writer of lineage.db.
-        let code = self.code_version()?;
-        let ended = self.now_ms();
-        let store = &self.store;
-        let (name, run_id) = self.lineage.write_txn(|tx| -> Result<(String, Digest)> {
-            let name = match &opts.name {
-                Some(n) => {
-                    let clash_db = tx.artifact_by_name(n)?.filter(|a| a.digest != digest);
-                    let clash_ptr = used
-                        .get(n)
-                        .and_then(|ds| ds.iter().find(|d| **d != digest).copied());
-                    if let Some(other) = clash_db.map(|a| a.digest).or(clash_ptr) {
-                        return Err(WorkspaceError::Invalid(format!(
-                            "version name {n} is already used for other bytes ({}); \
-                             a name is never reused — pick another",
-                            other.short()
-                        )));
-                    }
-                    n.clone()
-                }
-                None => {
-                    let prefix = kind.prefix();
-                    let from_pointers = used
-                        .keys()
-                        .filter_map(|k| number_after(k, prefix))
-                        .max()
-                        .unwrap_or(0);
-                    let next = tx.max_number(prefix)?.max(from_pointers) + 1;
-                    format!("{prefix}{next}")
-                }
-            };
-            let record = RunRecord {
-                recsys_run: RUN_FORMAT,
-                kind: "add".into(),
-                started,
-                ended,
-                code,
-                algorithm: None,
-                params: serde_json::json!({}),
-                metrics: serde_json::json!({}),
-                source: serde_json::json!({ "path": art_rel }),
-                inputs: vec![],
-                outputs: vec![ArtifactRef {
-                    digest,
-                    kind: kind.as_str().into(),
-                    name: name.clone(),
-                    size,
-                    files,
-                    path: Some(art_rel.clone()),
-                }],
-            };
-            let bytes = record.to_bytes();
-            let (run_id, _) = writer.put(Source::Bytes(&bytes), None, progress)?;
-            // Objects and run record are durable before lineage or any
-            // pointer file names them.
-            writer.commit()?;
-            tx.index_run(&run_id, &record, "this project")?;
-            Ok((name, run_id))
-        })?;
-        let _ = store;
-
-        // 3. The pointer file, last.
-        let pointer = Pointer {
-            path: file_name.clone(),
-            is_dir: manifest.is_some(),
-            kind,
-            name: name.clone(),
-            digest,
-            size,
-            files,
-            run: Some(run_id),
-        };
-        write_atomic(&self.root.join(&ptr_rel), pointer.to_text().as_bytes())?;
-        self.ensure_ignored(&art_dir, &[&format!("/{file_name}")])?;
-        self.remember(&art_rel, &scan)?;
+        let abs = self.root.join(&s.art_rel);
+        let dir = abs.parent().unwrap_or(Path::new(&self.root));
+        self.ensure_ignored(dir, &[&format!("/{}", s.file_name)])?;
+        self.remember(&s.art_rel, &s.scan)?;
         Ok(Added {
-            path: art_rel,
-            pointer: ptr_rel,
-            kind,
+            path: s.art_rel.clone(),
+            pointer: s.ptr_rel.clone(),
+            kind: s.kind,
             name,
-            digest,
-            size,
-            files,
-            run: Some(run_id),
-            unchanged: false,
+            digest: s.digest,
+            size: s.size,
+            files: s.files,
+            run: if unchanged {
+                s.existing.as_ref().and_then(|p| p.run)
+            } else {
+                run
+            },
+            unchanged,
         })
     }
 }

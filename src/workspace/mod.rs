@@ -20,7 +20,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub use add::{AddOptions, Added};
+pub use add::{AddOptions, Added, Output, RunSpec};
 pub use audit::Problem;
 pub use checkout::{CheckedOut, CheckoutOptions};
 pub use config::{ProjectConfig, RemoteEntry};
