@@ -97,7 +97,7 @@ for x in "$W"/*; do
   rm -rf "$x"
 done
 D=$W/data-$SCALE
-if [[ ! -e $D/.complete ]]; then
+if [[ ! -e $D/.complete || ! -f $D/big || ! -d $D/dir ]]; then
   rm -rf "$D"
   mkdir -p "$D"
   note "generating data in $D: $BIG_LABEL, $DIR_LABEL of 1-8 KiB"
@@ -245,7 +245,7 @@ bench_item() { # $1 = big|dir
   if [[ $it == big ]]; then measure clear_cp cp_big_sync; else measure clear_cp cp_dir_sync; fi
   t_cp=$BEST
   clear_cp
-  (cd "$P" && rs remote add origin "$R" --default >>"$LOG" 2>&1 || fail "remote add")
+  (cd "$P" && rs remote add origin "$R" --default) >>"$LOG" 2>&1 || fail "remote add"
   fresh_remote() { rm -rf "$R" && mkdir -p "$R"; }
   run_push() { (cd "$P" && rs push); }
   measure fresh_remote run_push
@@ -280,34 +280,33 @@ echo "recsys: $("$BIN" --version 2>/dev/null || echo "$BIN")"
 if [[ -n $DVC ]]; then echo "dvc: $("$DVC" --version 2>/dev/null)"; else echo "dvc: not available (DVC columns skipped)"; fi
 echo
 miss=0
-{
-  echo "figure|recsys|baseline|baseline time|ratio|target|result"
-  for r in "${ROWS[@]}"; do
-    IFS='|' read -r fig t blabel bt kind tgt <<<"$r"
-    ratio="-" target="" res=""
-    case $kind in
-      le)
-        ratio=$(awk -v a="$t" -v b="$bt" 'BEGIN { printf "%.2fx", a / b }')
-        target="<= ${tgt}x"
-        res=$(awk -v a="$t" -v b="$bt" -v x="$tgt" 'BEGIN { print (a / b <= x) ? "PASS" : "MISS" }') ;;
-      faster)
-        target=">= ${tgt}x faster"
-        if [[ -z $bt ]]; then res="skipped"; else
-          ratio=$(awk -v a="$t" -v b="$bt" 'BEGIN { printf "%.1fx faster", b / a }')
-          res=$(awk -v a="$t" -v b="$bt" -v x="$tgt" 'BEGIN { print (b / a >= x) ? "PASS" : "MISS" }')
-        fi ;;
-      lt)
-        target="< $tgt ms"
-        if [[ -n $bt ]]; then
-          ratio=$(awk -v a="$t" -v b="$bt" 'BEGIN { printf "%.1fx faster", b / a }')
-        fi
-        res=$(awk -v a="$t" -v x="$tgt" 'BEGIN { print (a / 1000 < x) ? "PASS" : "MISS" }') ;;
-    esac
-    [[ $res == MISS ]] && miss=$((miss + 1))
-    if [[ -n $bt ]]; then btx=$(ms "$bt"); elif [[ -n $blabel ]]; then btx="skipped"; else btx="-"; fi
-    echo "$fig|$(ms "$t")|${blabel:--}|$btx|$ratio|$target|$res"
-  done
-} | column -t -s '|'
+table="figure|recsys|baseline|baseline time|ratio|target|result"
+while IFS= read -r r; do
+  IFS='|' read -r fig t blabel bt kind tgt <<<"$r"
+  ratio="-" target="" res=""
+  case $kind in
+    le)
+      ratio=$(awk -v a="$t" -v b="$bt" 'BEGIN { printf "%.2fx", a / b }')
+      target="<= ${tgt}x"
+      res=$(awk -v a="$t" -v b="$bt" -v x="$tgt" 'BEGIN { print (a / b <= x) ? "PASS" : "MISS" }') ;;
+    faster)
+      target=">= ${tgt}x faster"
+      if [[ -z $bt ]]; then res="skipped"; else
+        ratio=$(awk -v a="$t" -v b="$bt" 'BEGIN { printf "%.1fx faster", b / a }')
+        res=$(awk -v a="$t" -v b="$bt" -v x="$tgt" 'BEGIN { print (b / a >= x) ? "PASS" : "MISS" }')
+      fi ;;
+    lt)
+      target="< $tgt ms"
+      if [[ -n $bt ]]; then
+        ratio=$(awk -v a="$t" -v b="$bt" 'BEGIN { printf "%.1fx faster", b / a }')
+      fi
+      res=$(awk -v a="$t" -v x="$tgt" 'BEGIN { print (a / 1000 < x) ? "PASS" : "MISS" }') ;;
+  esac
+  [[ $res == MISS ]] && miss=$((miss + 1))
+  if [[ -n $bt ]]; then btx=$(ms "$bt"); elif [[ -n $blabel ]]; then btx="skipped"; else btx="-"; fi
+  table+=$'\n'"$fig|$(ms "$t")|${blabel:--}|$btx|$ratio|$target|$res"
+done < <(printf '%s\n' "${ROWS[@]}" | sort -s -t. -k1,1n)
+column -t -s '|' <<<"$table"
 echo
 [[ $SCALE == small ]] && echo "(small scale: the targets are stated for the full size; treat these as a smoke run)"
 echo "$miss target(s) missed"

@@ -3,6 +3,10 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once a reflink failed: the store's filesystem cannot clone.
+static NO_REFLINK: AtomicBool = AtomicBool::new(false);
 
 /// The ways to materialise an object in the work tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -35,12 +39,18 @@ pub fn materialize(
         m => m,
     };
     match mode {
+        None if NO_REFLINK.load(Ordering::Relaxed) => {
+            copy(object, dst, writable)?;
+            Ok(LinkMode::Copy)
+        }
         None => match reflink_copy::reflink(object, dst) {
             Ok(()) => {
                 fs::set_permissions(dst, fs::Permissions::from_mode(writable))?;
                 Ok(LinkMode::Reflink)
             }
             Err(_) => {
+                // Remember: one failed clone per process, not one per file.
+                NO_REFLINK.store(true, Ordering::Relaxed);
                 let _ = fs::remove_file(dst);
                 copy(object, dst, writable)?;
                 Ok(LinkMode::Copy)
