@@ -10,6 +10,7 @@ pub mod lineage;
 pub mod model;
 pub mod movielens;
 pub mod paths;
+pub mod pipeline;
 pub mod progress;
 pub mod store;
 pub mod stream;
