@@ -6,6 +6,7 @@ use crate::pipeline;
 
 /// Import an outside dataset as the next dataset_N (with an import run).
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  recsys import movielens \"$(scripts/fetch-movielens.sh)\"")]
 pub struct Args {
     #[command(subcommand)]
     what: What,

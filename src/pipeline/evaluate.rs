@@ -99,7 +99,7 @@ pub fn evaluate(
     let ds = load_dataset(ws, &ds_art)?;
     let err = |source| PipelineError::Model {
         name: model_art.name.clone(),
-        source,
+        error: source,
     };
 
     let (mode, train_part, test, skipped) = if train_dataset == Some(ds_art.digest) {

@@ -38,12 +38,9 @@ pub enum PipelineError {
     Dataset(#[from] DatasetError),
     #[error(transparent)]
     MovieLens(#[from] MovieLensError),
-    #[error("{name}: {source}")]
-    Model {
-        name: String,
-        #[source]
-        source: ModelError,
-    },
+    /// `error` is not a `#[source]`: the message already includes it.
+    #[error("{name}: {error}")]
+    Model { name: String, error: ModelError },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -231,7 +228,7 @@ pub fn load_model(ws: &Workspace, art: &ArtifactRow) -> Result<(Header, Model)> 
     }
     crate::model::load(&bytes[..]).map_err(|source| PipelineError::Model {
         name: art.name.clone(),
-        source,
+        error: source,
     })
 }
 

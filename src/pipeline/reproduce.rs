@@ -31,7 +31,6 @@ pub struct ReproduceReport {
 /// out; a missing object is reported with its digest.
 pub fn reproduce(ws: &Workspace, model_q: &str) -> Result<ReproduceReport> {
     let art = find(ws, model_q, Kind::Model)?;
-    let (header, model) = load_model(ws, &art)?;
     let run = ws
         .lineage
         .run(&art.run)
@@ -50,6 +49,7 @@ pub fn reproduce(ws: &Workspace, model_q: &str) -> Result<ReproduceReport> {
             art.name
         ))
     })?;
+    let (header, model) = load_model(ws, &art)?;
     let inputs: Vec<Digest> = ws
         .lineage
         .run_edges(&art.run)

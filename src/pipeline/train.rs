@@ -79,7 +79,7 @@ impl TrainSettings {
         model::split(data, self.split, self.test_fraction, self.split_seed).map_err(|source| {
             PipelineError::Model {
                 name: "split".into(),
-                source,
+                error: source,
             }
         })
     }
@@ -107,7 +107,7 @@ pub(crate) fn fit(ds: &Dataset, s: &TrainSettings, label: &str) -> Result<Fitted
         .install(|| model::train(&train, item_names.len(), s.algorithm, &s.params))
         .map_err(|source| PipelineError::Model {
             name: label.to_string(),
-            source,
+            error: source,
         })?;
     Ok(Fitted {
         model,
@@ -156,7 +156,7 @@ pub fn train(ws: &Workspace, o: &TrainOptions, progress: &dyn Progress) -> Resul
     let mut bytes = Vec::new();
     model::save(&f.model, &header, &mut bytes).map_err(|source| PipelineError::Model {
         name: name.clone(),
-        source,
+        error: source,
     })?;
     let models = ws.root().join("models");
     fs::create_dir_all(&models).map_err(super::io_err("create", &models))?;
