@@ -1,9 +1,10 @@
 //! Training benchmark on MovieLens 100K: fit time and quality of svd and als
 //! against the popularity baseline on a seeded random 80/20 split.
 //!
-//! `RECSYS_ML100K` names the directory holding `ml-100k.inter` (RecBole's
-//! layout, from the `recbole==1.2.1` wheel); optional `RECSYS_SPLIT_SEED`.
-//! Run: `cargo bench --bench train`.
+//! `RECSYS_ML100K` (required) names the directory holding `ml-100k.inter`
+//! (RecBole's layout, from the `recbole==1.2.1` wheel); optional
+//! `RECSYS_SPLIT_SEED`.
+//! Run: `export RECSYS_ML100K="$(scripts/fetch-movielens.sh)"; cargo bench --bench train`.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -16,7 +17,6 @@ use recsys::model::{
     evaluate_baseline, load, save, split, train,
 };
 
-const DEFAULT_DIR: &str = "/work/scratch/recbole-data/recbole/dataset_example/ml-100k";
 const SVD_RMSE_TARGET: f64 = 0.925;
 const ALS_P10_RATIO_TARGET: f64 = 1.2;
 const FIT_SECONDS_TARGET: f64 = 2.0;
@@ -58,8 +58,13 @@ fn row(name: &str, m: &Metrics) {
 }
 
 fn main() -> ExitCode {
-    let dir =
-        std::env::var_os("RECSYS_ML100K").map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from);
+    let Some(dir) = std::env::var_os("RECSYS_ML100K").map(PathBuf::from) else {
+        eprintln!(
+            "error: RECSYS_ML100K is not set: run `scripts/fetch-movielens.sh` and \
+             export RECSYS_ML100K=<the directory it prints>"
+        );
+        return ExitCode::FAILURE;
+    };
     let seed: u64 = std::env::var("RECSYS_SPLIT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

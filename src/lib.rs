@@ -5,10 +5,12 @@
 //! See ARCHITECTURE.md for the module map and the on-disk layout.
 
 pub mod cli;
+pub mod dataset;
 pub mod lineage;
 pub mod model;
 pub mod movielens;
 pub mod paths;
+pub mod pipeline;
 pub mod progress;
 pub mod store;
 pub mod stream;

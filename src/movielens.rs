@@ -1061,13 +1061,15 @@ mod tests {
         ));
     }
 
-    /// Loads the real RecBole MovieLens 100K when `RECSYS_ML100K` names its
-    /// directory (e.g. `recbole/dataset_example/ml-100k`); skipped otherwise.
+    /// Loads the real RecBole MovieLens 100K from the directory
+    /// `RECSYS_ML100K` names; fails when it is unset (never skips).
     #[test]
     fn real_ml100k() {
         let Some(dir) = std::env::var_os("RECSYS_ML100K") else {
-            eprintln!("skipped: set RECSYS_ML100K to the RecBole ml-100k directory");
-            return;
+            panic!(
+                "RECSYS_ML100K is not set: run `scripts/fetch-movielens.sh` and \
+                 export RECSYS_ML100K=<the directory it prints>"
+            );
         };
         let ml = read_dir(Path::new(&dir)).expect("read real MovieLens 100K");
         assert_eq!(ml.layout, Layout::RecBole);

@@ -111,6 +111,36 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             date(u.started)
         );
     }
+    if !l.upstream.is_empty() {
+        println!("  upstream:");
+        for u in &l.upstream {
+            let pad = "  ".repeat(u.depth);
+            match &u.run {
+                Some(r) => {
+                    println!(
+                        "  {pad}<- {} {} ({}) made by {} run {} at commit {}",
+                        u.kind,
+                        u.name,
+                        u.digest.short(),
+                        r.kind,
+                        r.id.short(),
+                        short(&r.git_commit)
+                    );
+                    if let Some(alg) = &r.algorithm {
+                        println!("  {pad}   algorithm: {alg} {}", r.params);
+                    }
+                    if !r.source.is_null() && r.source != serde_json::json!({}) {
+                        println!("  {pad}   source:    {}", r.source);
+                    }
+                }
+                None => println!(
+                    "  {pad}<- {} {} (its run is not indexed here)",
+                    u.name,
+                    u.digest.short()
+                ),
+            }
+        }
+    }
     println!("  restore:    {}", l.restore);
     Ok(ExitCode::SUCCESS)
 }

@@ -9,13 +9,17 @@ mod add;
 mod audit;
 mod checkout;
 mod diff;
+mod evaluate;
 mod gc;
+mod import;
 mod init;
 mod lineage;
 mod ls;
 mod remote;
+mod reproduce;
 mod status;
 mod sync;
+mod train;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -62,6 +66,10 @@ enum Command {
     Ls(ls::Args),
     Diff(diff::Args),
     Lineage(lineage::Args),
+    Import(import::Args),
+    Train(train::Args),
+    Evaluate(evaluate::Args),
+    Reproduce(reproduce::Args),
 }
 
 /// What every subcommand gets.
@@ -208,6 +216,10 @@ pub fn main() -> ExitCode {
         Command::Ls(a) => ls::run(a, &ctx),
         Command::Diff(a) => diff::run(a, &ctx),
         Command::Lineage(a) => lineage::run(a, &ctx),
+        Command::Import(a) => import::run(a, &ctx),
+        Command::Train(a) => train::run(a, &ctx),
+        Command::Evaluate(a) => evaluate::run(a, &ctx),
+        Command::Reproduce(a) => reproduce::run(a, &ctx),
     };
     match res {
         Ok(code) => code,
@@ -228,7 +240,15 @@ pub fn main() -> ExitCode {
 }
 
 fn hint(e: &anyhow::Error) -> Option<&'static str> {
-    match e.downcast_ref::<WorkspaceError>()? {
+    let ws_err = match e.downcast_ref::<crate::pipeline::PipelineError>() {
+        Some(crate::pipeline::PipelineError::Workspace(w)) => Some(w),
+        Some(crate::pipeline::PipelineError::ModifiedFile { .. }) => {
+            return Some("`recsys checkout <path> --force` restores the registered bytes");
+        }
+        Some(_) => None,
+        None => e.downcast_ref::<WorkspaceError>(),
+    };
+    match ws_err? {
         WorkspaceError::NotAProject(_) => Some("run `recsys init` in the project's root directory"),
         WorkspaceError::Store(crate::store::StoreError::Corrupt { .. }) => Some(
             "the local copy of that object is damaged: `recsys audit` lists all damage; \

@@ -132,6 +132,26 @@ impl Workspace {
         Ok(names)
     }
 
+    /// The version name the next new artifact of `kind` will get (one past
+    /// the highest used in lineage.db, the work tree's pointer files and
+    /// HEAD's). A step that names its output file after its version
+    /// (`data/dataset_3/`, `models/model_v2.bin`) asks first and then passes
+    /// the name in [`Output::name`]; if another process took it meanwhile,
+    /// `record_run` refuses rather than reusing it.
+    pub fn next_name(&self, kind: Kind) -> Result<String> {
+        let prefix = kind.prefix();
+        let from_pointers = self
+            .names_in_pointers()?
+            .keys()
+            .filter_map(|k| number_after(k, prefix))
+            .max()
+            .unwrap_or(0);
+        let from_db = self
+            .lineage
+            .write_txn(|tx| tx.max_number(prefix).map_err(WorkspaceError::from))?;
+        Ok(format!("{prefix}{}", from_db.max(from_pointers) + 1))
+    }
+
     /// `recsys add`: each path becomes its own `add` run.
     pub fn add(
         &self,

@@ -26,7 +26,7 @@ pub use checkout::{CheckedOut, CheckoutOptions};
 pub use config::{ProjectConfig, RemoteEntry};
 pub use gc::GcReport;
 pub use pointer::{Kind, Pointer, PointerError};
-pub use query::{ArtifactLineage, DiffEntry, EdgeView, RebuildReport};
+pub use query::{ArtifactLineage, DiffEntry, EdgeView, RebuildReport, Upstream};
 pub use status::{ArtifactStatus, RemoteState, StoreState, WorkState};
 pub use sync::{PullReport, PushReport};
 

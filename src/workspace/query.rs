@@ -24,9 +24,26 @@ pub struct ArtifactLineage {
     pub outputs: Vec<EdgeView>,
     /// Runs that read it.
     pub used_by: Vec<RunRow>,
+    /// Its inputs, their inputs and so on, each with the run that made it
+    /// (e.g. model <- train run <- dataset <- import run and its source).
+    pub upstream: Vec<Upstream>,
     /// The command that restores exactly these bytes.
     pub restore: String,
 }
+
+/// One artifact upstream of another, `depth` runs away.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Upstream {
+    pub depth: usize,
+    pub name: String,
+    pub kind: String,
+    pub digest: Digest,
+    /// The run that produced it, when indexed here.
+    pub run: Option<RunRow>,
+}
+
+/// Lineage chains are short; this only guards against a cycle of records.
+const MAX_UPSTREAM_DEPTH: usize = 64;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DiffEntry {
@@ -108,6 +125,7 @@ impl Workspace {
                 used_by.push(r);
             }
         }
+        let upstream = self.upstream(&inputs)?;
         let restore = match (&artifact.path, &artifact.git_commit) {
             (Some(p), Some(c)) => format!("recsys checkout {p} --rev {}", &c[..c.len().min(12)]),
             (Some(p), None) => format!("recsys checkout {p}"),
@@ -119,8 +137,56 @@ impl Workspace {
             inputs,
             outputs,
             used_by,
+            upstream,
             restore,
         })
+    }
+
+    /// Walk run inputs back, depth first, each artifact once.
+    fn upstream(&self, inputs: &[EdgeView]) -> Result<Vec<Upstream>> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<(usize, EdgeView)> =
+            inputs.iter().rev().map(|e| (1, e.clone())).collect();
+        while let Some((depth, e)) = stack.pop() {
+            if !seen.insert(e.digest) || depth > MAX_UPSTREAM_DEPTH {
+                continue;
+            }
+            let art = match self.lineage.artifact_by_name(&e.name)? {
+                Some(a) if a.digest == e.digest => Some(a),
+                _ => self
+                    .lineage
+                    .artifacts_by_digest_prefix(&e.digest.hex())?
+                    .into_iter()
+                    .find(|a| a.digest == e.digest),
+            };
+            let Some(art) = art else {
+                out.push(Upstream {
+                    depth,
+                    name: e.name,
+                    kind: String::new(),
+                    digest: e.digest,
+                    run: None,
+                });
+                continue;
+            };
+            let run = self.lineage.run(&art.run)?;
+            let mut next = Vec::new();
+            for (dir, name, digest) in self.lineage.run_edges(&art.run)? {
+                if dir == "in" {
+                    next.push((depth + 1, EdgeView { name, digest }));
+                }
+            }
+            stack.extend(next.into_iter().rev());
+            out.push(Upstream {
+                depth,
+                name: art.name,
+                kind: art.kind,
+                digest: art.digest,
+                run,
+            });
+        }
+        Ok(out)
     }
 
     /// Tracked artifacts added, changed or removed between two revisions.

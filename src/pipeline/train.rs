@@ -1,0 +1,214 @@
+//! `recsys train`: fit a model on a dataset's training part and register it.
+
+use std::fs;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{PipelineError, Result, artifact_ref, code_string, find, load_dataset, rfc3339};
+use crate::dataset::Dataset;
+use crate::model::{self, Algo, Header, Interaction, Model, Params, SplitKind};
+use crate::progress::Progress;
+use crate::store::Digest;
+use crate::workspace::{Kind, Output, RunSpec, Workspace, write_atomic};
+
+/// What the user asks for; unset values take the algorithm's defaults.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub dataset: String,
+    pub algo: Algo,
+    pub factors: Option<u32>,
+    pub epochs: Option<u32>,
+    pub reg: Option<f32>,
+    /// Seeds the model and the random split. Default 42.
+    pub seed: Option<u64>,
+    pub split: SplitKind,
+    pub test_fraction: f64,
+}
+
+pub const DEFAULT_SEED: u64 = 42;
+pub const DEFAULT_TEST_FRACTION: f64 = 0.2;
+
+/// Everything that determines a trained model given its dataset: recorded
+/// as the train run's parameters, read back by `evaluate` and `reproduce`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub algorithm: Algo,
+    pub params: Params,
+    pub split: SplitKind,
+    pub test_fraction: f64,
+    pub split_seed: u64,
+    /// rayon threads used (results do not depend on it; recorded so a
+    /// reproduction uses the same).
+    pub threads: usize,
+}
+
+impl TrainSettings {
+    pub fn from_options(o: &TrainOptions, threads: usize) -> Result<TrainSettings> {
+        if !(o.test_fraction > 0.0 && o.test_fraction < 1.0) {
+            return Err(PipelineError::Invalid(format!(
+                "--test-fraction {} must be greater than 0 and less than 1 \
+                 (a test part is always held out)",
+                o.test_fraction
+            )));
+        }
+        let seed = o.seed.unwrap_or(DEFAULT_SEED);
+        let mut params = Params::default_for(o.algo);
+        if let Some(f) = o.factors {
+            params.factors = f;
+        }
+        if let Some(e) = o.epochs {
+            params.epochs = e;
+        }
+        if let Some(r) = o.reg {
+            params.reg = r;
+        }
+        params.seed = seed;
+        Ok(TrainSettings {
+            algorithm: o.algo,
+            params,
+            split: o.split,
+            test_fraction: o.test_fraction,
+            split_seed: seed,
+            threads: threads.max(1),
+        })
+    }
+
+    /// The (train, test) parts of a dataset's interactions.
+    pub fn split(&self, data: &[Interaction]) -> Result<(Vec<Interaction>, Vec<Interaction>)> {
+        model::split(data, self.split, self.test_fraction, self.split_seed).map_err(|source| {
+            PipelineError::Model {
+                name: "split".into(),
+                error: source,
+            }
+        })
+    }
+}
+
+/// A fitted model and the split it was fitted on.
+pub(crate) struct Fitted {
+    pub model: Model,
+    pub item_names: Vec<String>,
+    pub train: Vec<Interaction>,
+    pub test: Vec<Interaction>,
+    pub fit_seconds: f64,
+}
+
+/// Split `ds` and fit on the training part with `s.threads` threads.
+pub(crate) fn fit(ds: &Dataset, s: &TrainSettings, label: &str) -> Result<Fitted> {
+    let (data, item_names) = ds.interactions()?;
+    let (train, test) = s.split(&data)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(s.threads)
+        .build()
+        .map_err(|e| PipelineError::Invalid(format!("cannot start {} threads: {e}", s.threads)))?;
+    let start = Instant::now();
+    let model = pool
+        .install(|| model::train(&train, item_names.len(), s.algorithm, &s.params))
+        .map_err(|source| PipelineError::Model {
+            name: label.to_string(),
+            error: source,
+        })?;
+    Ok(Fitted {
+        model,
+        item_names,
+        train,
+        test,
+        fit_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub model: String,
+    pub digest: Digest,
+    pub path: String,
+    pub run: Option<Digest>,
+    pub dataset: String,
+    pub dataset_digest: Digest,
+    pub settings: TrainSettings,
+    pub train_interactions: usize,
+    pub test_interactions: usize,
+    pub users: usize,
+    pub items: usize,
+    pub fit_seconds: f64,
+    /// Digest of the model's weights and parameters (see
+    /// [`model::content_digest`]); what `reproduce` compares.
+    pub content_digest: String,
+}
+
+/// Train on a registered dataset and register the model as the next
+/// `models/model_vN.bin` with a `train` run.
+pub fn train(ws: &Workspace, o: &TrainOptions, progress: &dyn Progress) -> Result<TrainReport> {
+    let started = ws.now_ms();
+    let settings = TrainSettings::from_options(o, rayon::current_num_threads())?;
+    let ds_art = find(ws, &o.dataset, Kind::Dataset)?;
+    let ds = load_dataset(ws, &ds_art)?;
+    let f = fit(&ds, &settings, &o.dataset)?;
+
+    let name = ws.next_name(Kind::Model)?;
+    let header = Header {
+        dataset_digest: ds_art.digest.hex(),
+        code_commit: code_string(ws)?,
+        created: rfc3339(started),
+        item_names: f.item_names.clone(),
+    };
+    let mut bytes = Vec::new();
+    model::save(&f.model, &header, &mut bytes).map_err(|source| PipelineError::Model {
+        name: name.clone(),
+        error: source,
+    })?;
+    let models = ws.root().join("models");
+    fs::create_dir_all(&models).map_err(super::io_err("create", &models))?;
+    let path = models.join(format!("{name}.bin"));
+    if fs::symlink_metadata(&path).is_ok() {
+        return Err(PipelineError::Occupied {
+            path: format!("models/{name}.bin"),
+        });
+    }
+    write_atomic(&path, &bytes)?;
+
+    let mut spec = RunSpec::new("train", started);
+    spec.algorithm = Some(settings.algorithm.name().to_string());
+    // Through text so f32 parameters are recorded as written (0.01, not
+    // 0.009999999776482582).
+    spec.params = serde_json::to_string(&settings)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    spec.metrics = serde_json::json!({
+        "fit_seconds": f.fit_seconds,
+        "train_interactions": f.train.len(),
+        "test_interactions": f.test.len(),
+    });
+    spec.inputs = vec![artifact_ref(&ds_art)];
+    let out = Output {
+        path: path.clone(),
+        kind: Some(Kind::Model),
+        name: Some(name),
+    };
+    let added = match ws.record_run(spec, &[out], progress) {
+        Ok((_, mut added)) => added.pop().ok_or_else(|| {
+            PipelineError::Invalid("recording the model returned no artifact".into())
+        })?,
+        Err(e) => {
+            let _ = fs::remove_file(&path);
+            return Err(e.into());
+        }
+    };
+    Ok(TrainReport {
+        model: added.name,
+        digest: added.digest,
+        path: added.path,
+        run: added.run,
+        dataset: ds_art.name,
+        dataset_digest: ds_art.digest,
+        content_digest: model::content_digest(&f.model, &header),
+        train_interactions: f.train.len(),
+        test_interactions: f.test.len(),
+        users: f.model.n_users(),
+        items: f.model.n_items(),
+        fit_seconds: f.fit_seconds,
+        settings,
+    })
+}
