@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The embedded default, end to end, on a fresh machine: build recsys, make a
 # demo project (git + local store + SQLite lineage, no services), and walk
-# MovieLens 100K through init, add, push, checkout, audit and lineage.
+# MovieLens 100K through init, import, train, evaluate, push, checkout,
+# audit, lineage and reproduce.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 demo="${RECSYS_DEMO:-$HOME/recsys-demo}"
@@ -26,12 +27,19 @@ git config user.name "recsys demo"
 step "create the project: store/, lineage.db, .gitignore entries"
 run "$recsys" init
 git add -A && git commit -qm "recsys init"
-cp -r "$ml" data/ml-100k
 
-step "version the dataset: bytes into the store, a pointer file for git"
-run "$recsys" add data/ml-100k --kind dataset
-run cat data/ml-100k.recsys
+step "version the data: MovieLens 100K becomes dataset_1 (bytes in the store, a pointer for git)"
+run "$recsys" import movielens "$ml"
+run cat data/dataset_1.recsys
 git add -A && git commit -qm "dataset_1: MovieLens 100K"
+
+step "train two model versions and evaluate them offline"
+run "$recsys" train --dataset dataset_1 --algo als
+run "$recsys" train --dataset dataset_1 --algo svd --split random
+run "$recsys" evaluate --model model_v1
+run "$recsys" evaluate --model model_v2
+git add -A && git commit -qm "model_v1 (als), model_v2 (svd)"
+run "$recsys" ls --kind model
 
 step "share it: push to a local-directory remote"
 run "$recsys" remote add origin "$demo-remote" --default
@@ -39,7 +47,7 @@ run "$recsys" push
 run "$recsys" status
 
 step "lose the work-tree copy, get it back from the store"
-rm -rf data/ml-100k
+rm -rf data/dataset_1 models/model_v1.bin
 run "$recsys" status
 run "$recsys" checkout
 run "$recsys" status --exit-code
@@ -47,6 +55,7 @@ run "$recsys" status --exit-code
 step "prove integrity and provenance"
 run "$recsys" audit
 run "$recsys" ls
-run "$recsys" lineage dataset_1
+run "$recsys" lineage model_v1
+run "$recsys" reproduce model_v1
 
 printf '\nDemo project: %s (remote: %s-remote)\n' "$demo" "$demo"
