@@ -57,8 +57,12 @@ impl Workspace {
                 let mut v = Vec::new();
                 for t in targets {
                     let rel = self.pointer_for_arg(t)?;
-                    let (p, art) = self.read_pointer(&rel)?;
-                    v.push((rel, p, art));
+                    if self.root.join(&rel).exists() {
+                        let (p, art) = self.read_pointer(&rel)?;
+                        v.push((rel, p, art));
+                    } else {
+                        v.push(self.pointer_for_version(t)?);
+                    }
                 }
                 return Ok(v);
             }
@@ -75,6 +79,35 @@ impl Workspace {
             }
         }
         Ok(out)
+    }
+
+    /// A registered version (name or digest) as a pointer at the path it was
+    /// registered at: `recsys checkout model_v3` restores those exact bytes
+    /// even when no pointer file in the work tree names them any more.
+    fn pointer_for_version(&self, t: &Path) -> Result<(String, Pointer, String)> {
+        let q = t.to_string_lossy();
+        let a = self
+            .find_artifact(&q)
+            .map_err(|_| WorkspaceError::UnknownArtifact(q.to_string()))?;
+        let art = a.path.clone().ok_or_else(|| {
+            WorkspaceError::Invalid(format!("{} has no recorded work-tree path", a.name))
+        })?;
+        crate::paths::check_relative(&art).map_err(|source| WorkspaceError::Path {
+            path: art.clone().into(),
+            source,
+        })?;
+        let file = art.rsplit('/').next().unwrap_or(&art).to_string();
+        let p = Pointer {
+            path: file,
+            is_dir: a.files.is_some(),
+            kind: super::Kind::parse(&a.kind).unwrap_or(super::Kind::Dataset),
+            name: a.name,
+            digest: a.digest,
+            size: a.size,
+            files: a.files,
+            run: Some(a.run),
+        };
+        Ok((format!("{art}{}", super::pointer::EXT), p, art))
     }
 
     /// Verified object paths of a directory manifest's entries.

@@ -126,11 +126,7 @@ impl Workspace {
             }
         }
         let upstream = self.upstream(&inputs)?;
-        let restore = match (&artifact.path, &artifact.git_commit) {
-            (Some(p), Some(c)) => format!("recsys checkout {p} --rev {}", &c[..c.len().min(12)]),
-            (Some(p), None) => format!("recsys checkout {p}"),
-            (None, _) => format!("recsys pull && recsys checkout  # {}", artifact.name),
-        };
+        let restore = format!("recsys checkout {}", artifact.name);
         Ok(ArtifactLineage {
             artifact,
             run,

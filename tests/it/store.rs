@@ -828,9 +828,16 @@ fn lineage_answers_by_name_digest_and_path_and_rebuild_answers_the_same() {
     assert_eq!(by_name["run"]["recsys_version"], env!("CARGO_PKG_VERSION"));
     let text = env.ok(&["lineage", "dataset_2"]);
     assert!(
-        text.contains("restore:    recsys checkout data/a.csv --rev"),
+        text.contains("restore:    recsys checkout dataset_2"),
         "{text}"
     );
+    // The restore command works for an older version no pointer names now.
+    let old = env.json(&["lineage", "dataset_1", "--json"]);
+    assert_eq!(old["restore"], "recsys checkout dataset_1");
+    env.ok(&["checkout", "dataset_1"]);
+    assert_eq!(env.read("data/a.csv"), b"a");
+    env.ok(&["checkout", "data/a.csv"]);
+    assert_eq!(env.read("data/a.csv"), b"b");
     let err = env.fails(2, &["lineage", "dataset_99"]);
     assert!(err.contains("no artifact matches"), "{err}");
 
