@@ -197,8 +197,15 @@ pub fn main() -> ExitCode {
     {
         settings.jobs = j.clamp(1, 256);
     }
+    // Like `git -C`: relative paths in arguments are relative to DIR too.
+    if let Some(d) = &cli.dir
+        && let Err(e) = std::env::set_current_dir(d)
+    {
+        eprintln!("error: -C {}: {e}", d.display());
+        return ExitCode::from(2);
+    }
     let ctx = Ctx {
-        dir: cli.dir.clone().unwrap_or_else(|| PathBuf::from(".")),
+        dir: PathBuf::from("."),
         quiet: cli.quiet,
         settings,
     };

@@ -58,7 +58,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             ctx.say(format!("{:<14} {}: {}", s.name, s.path, what.join(", ")));
         }
         if !differs {
-            let pushed = if st.iter().any(|s| s.remote == RemoteState::NoRemote) {
+            let pushed = if ws.config.pick(None)?.is_none() {
                 ""
             } else {
                 " and pushed"

@@ -87,6 +87,19 @@ fn init_outside_git_records_no_git_and_add_still_works() {
 }
 
 #[test]
+fn dash_c_runs_as_if_started_in_that_directory() {
+    let env = Env::new();
+    env.write("data/a.csv", "a");
+    let parent = env.root.parent().unwrap();
+    let o = env
+        .cmd_in(parent, &["-C", "proj", "add", "data/a.csv", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(env.path("data/a.csv.recsys").exists());
+}
+
+#[test]
 fn commands_outside_a_project_fail_with_a_hint() {
     let env = Env::bare();
     let err = env.fails(2, &["status"]);
