@@ -5,6 +5,8 @@
 //! See ARCHITECTURE.md for the module map and the on-disk layout.
 
 pub mod cli;
+pub mod dataset;
+pub mod ingest;
 pub mod lineage;
 pub mod model;
 pub mod movielens;

@@ -10,10 +10,12 @@ mod audit;
 mod checkout;
 mod diff;
 mod gc;
+mod ingest;
 mod init;
 mod lineage;
 mod ls;
 mod remote;
+mod replay;
 mod status;
 mod sync;
 
@@ -62,6 +64,8 @@ enum Command {
     Ls(ls::Args),
     Diff(diff::Args),
     Lineage(lineage::Args),
+    Ingest(ingest::Args),
+    Replay(replay::Args),
 }
 
 /// What every subcommand gets.
@@ -208,6 +212,8 @@ pub fn main() -> ExitCode {
         Command::Ls(a) => ls::run(a, &ctx),
         Command::Diff(a) => diff::run(a, &ctx),
         Command::Lineage(a) => lineage::run(a, &ctx),
+        Command::Ingest(a) => ingest::run(a, &ctx),
+        Command::Replay(a) => replay::run(a, &ctx),
     };
     match res {
         Ok(code) => code,

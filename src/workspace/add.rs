@@ -132,6 +132,29 @@ impl Workspace {
         Ok(names)
     }
 
+    /// The next automatic version name for `kind` (`dataset_4` after
+    /// `dataset_3`), counting names in lineage.db, pointer files and HEAD.
+    /// For a run that must know its output's name before writing it (a
+    /// dataset directory lives at `data/<name>/`); pass it back as
+    /// [`Output::name`] so `record_run` refuses it if taken meanwhile.
+    pub fn next_version_name(&self, kind: Kind) -> Result<String> {
+        let prefix = kind.prefix();
+        let in_db = self
+            .lineage
+            .artifacts(None)?
+            .iter()
+            .filter_map(|a| number_after(&a.name, prefix))
+            .max()
+            .unwrap_or(0);
+        let in_pointers = self
+            .names_in_pointers()?
+            .keys()
+            .filter_map(|k| number_after(k, prefix))
+            .max()
+            .unwrap_or(0);
+        Ok(format!("{prefix}{}", in_db.max(in_pointers) + 1))
+    }
+
     /// `recsys add`: each path becomes its own `add` run.
     pub fn add(
         &self,
