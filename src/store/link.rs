@@ -28,6 +28,12 @@ pub fn materialize(
     exec: bool,
 ) -> std::io::Result<LinkMode> {
     let writable = if exec { 0o755 } else { 0o644 };
+    // A link shares the object's read-only, non-executable mode bits, so an
+    // executable file is always copied.
+    let mode = match mode {
+        Some(LinkMode::Hardlink | LinkMode::Symlink) if exec => Some(LinkMode::Copy),
+        m => m,
+    };
     match mode {
         None => match reflink_copy::reflink(object, dst) {
             Ok(()) => {

@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,6 +113,50 @@ impl LocalStore {
         Ok(p)
     }
 
+    /// [`LocalStore::verified_path`] for many objects: stamps are read in
+    /// one batch and only objects whose stamp changed are re-hashed (in
+    /// parallel). Fails on the first missing or corrupt object.
+    pub fn verified_paths(&self, ds: &[Digest]) -> Result<Vec<PathBuf>> {
+        use rayon::prelude::*;
+        let metas: Vec<(PathBuf, Stamp)> = ds
+            .par_iter()
+            .map(|d| {
+                let p = self.object_path(d);
+                match fs::metadata(&p) {
+                    Ok(m) => Ok((p, Stamp::of(&m))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Err(StoreError::Missing(*d))
+                    }
+                    Err(e) => Err(e).ctx("stat object", &p),
+                }
+            })
+            .collect::<Result<_>>()?;
+        let known = match &self.state {
+            Some(s) => s.object_stamps(ds)?,
+            None => vec![None; ds.len()],
+        };
+        let stale: Vec<usize> = (0..ds.len())
+            .filter(|&i| known[i] != Some(metas[i].1))
+            .collect();
+        let fresh: Vec<(Digest, Stamp)> = stale
+            .par_iter()
+            .map(|&i| {
+                let actual = hash_file(&metas[i].0)?;
+                if actual != ds[i] {
+                    return Err(StoreError::Corrupt {
+                        digest: ds[i],
+                        actual,
+                    });
+                }
+                Ok((ds[i], metas[i].1))
+            })
+            .collect::<Result<_>>()?;
+        if let Some(s) = &self.state {
+            s.set_object_stamps(&fresh)?;
+        }
+        Ok(metas.into_iter().map(|(p, _)| p).collect())
+    }
+
     /// Re-hash an object unconditionally (audit). `Ok(None)` when missing.
     pub fn rehash(&self, d: &Digest) -> Result<Option<Digest>> {
         let p = self.object_path(d);
@@ -163,9 +207,12 @@ impl LocalStore {
         let p = self
             .tmp_dir()
             .join(format!("{}-{seq}-{nanos:08x}", std::process::id()));
+        // Created read-only: objects are immutable, and this saves a chmod
+        // per object (the open descriptor can still write).
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o444)
             .open(&p)
             .ctx("create temp file", &p)?;
         Ok((p, f))
@@ -395,7 +442,6 @@ impl Writer for LocalWriter<'_> {
             let _ = fs::remove_file(&tmp);
             return Ok((d, n));
         }
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444)).ctx("chmod", &tmp)?;
         if let Ok(mut p) = self.pending.lock() {
             p.push((tmp, d));
         }

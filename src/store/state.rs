@@ -84,6 +84,29 @@ impl StateDb {
         })
     }
 
+    /// Stamps of many objects under one lock (checkout of big directories).
+    pub fn object_stamps(&self, ds: &[Digest]) -> Result<Vec<Option<Stamp>>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT size, mtime_ns, ino FROM object_stamps WHERE digest = ?1",
+            )?;
+            let mut out = Vec::with_capacity(ds.len());
+            for d in ds {
+                out.push(
+                    st.query_row([&d.0[..]], |r| {
+                        Ok(Stamp {
+                            size: r.get::<_, i64>(0)? as u64,
+                            mtime_ns: r.get(1)?,
+                            ino: r.get::<_, i64>(2)? as u64,
+                        })
+                    })
+                    .optional()?,
+                );
+            }
+            Ok(out)
+        })
+    }
+
     pub fn set_object_stamps(&self, stamps: &[(Digest, Stamp)]) -> Result<()> {
         if stamps.is_empty() {
             return Ok(());

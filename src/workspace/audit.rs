@@ -65,30 +65,22 @@ impl Workspace {
                     rel.clone(),
                     format!("{} names {} which is not in the store", p.name, p.digest),
                 ));
-            } else if p.is_dir {
-                match self.store.get(&p.digest)? {
-                    Some(bytes) => {
-                        match crate::store::manifest::Manifest::parse(&p.digest, &bytes) {
-                            Ok(m) => {
-                                for e in m.entries {
-                                    if !self.store.contains(&e.digest)? {
-                                        problems.push(problem(
-                                            "missing-object",
-                                            rel.clone(),
-                                            format!(
-                                                "file {} ({}) is not in the store",
-                                                e.path, e.digest
-                                            ),
-                                        ));
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                problems.push(problem("bad-manifest", rel.clone(), e.to_string()))
+            } else if p.is_dir
+                && let Some(bytes) = self.store.get(&p.digest)?
+            {
+                match crate::store::manifest::Manifest::parse(&p.digest, &bytes) {
+                    Ok(m) => {
+                        for e in m.entries {
+                            if !self.store.contains(&e.digest)? {
+                                problems.push(problem(
+                                    "missing-object",
+                                    rel.clone(),
+                                    format!("file {} ({}) is not in the store", e.path, e.digest),
+                                ));
                             }
                         }
                     }
-                    None => {}
+                    Err(e) => problems.push(problem("bad-manifest", rel.clone(), e.to_string())),
                 }
             }
             if let Some(r) = p.run

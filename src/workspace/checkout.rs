@@ -11,7 +11,7 @@ use super::{IoCtx, Pointer, Result, Workspace, WorkspaceError};
 use crate::progress::Progress;
 use crate::store::link::{LinkMode, materialize};
 use crate::store::manifest::{Entry, Manifest};
-use crate::store::{Digest, ObjectStore, StoreError};
+use crate::store::{Digest, ObjectStore};
 
 #[derive(Debug, Clone, Default)]
 pub struct CheckoutOptions {
@@ -133,11 +133,9 @@ impl Workspace {
                 mode: 0o644,
             }]
         };
-        let store = &self.store;
-        let objects: HashMap<Digest, PathBuf> = target
-            .par_iter()
-            .map(|e| Ok((e.digest, store.verified_path(&e.digest)?)))
-            .collect::<std::result::Result<_, StoreError>>()?;
+        let digests: Vec<Digest> = target.iter().map(|e| e.digest).collect();
+        let paths = self.store.verified_paths(&digests)?;
+        let objects: HashMap<Digest, PathBuf> = digests.into_iter().zip(paths).collect();
 
         let mut scan = self.scan(art_rel)?;
         let done = |files_written| CheckedOut {

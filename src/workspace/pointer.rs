@@ -359,4 +359,39 @@ mod tests {
         let big = vec![b'#'; MAX_LEN + 1];
         assert!(Pointer::parse(Path::new("p"), &big).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = Pointer::parse(Path::new("p"), &bytes);
+        }
+
+        #[test]
+        fn arbitrary_key_value_text_never_panics(text in "(recsys-pointer|path|type|kind|name|digest|size|files|run|#|x)?(: ?)?[ -~]{0,80}(\n[a-z-]{0,15}: [ -~./]{0,70}){0,12}") {
+            let _ = Pointer::parse(Path::new("p"), text.as_bytes());
+        }
+
+        #[test]
+        fn valid_pointers_round_trip(
+            path in "[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,30}",
+            name in "[a-z0-9][a-z0-9_.-]{0,30}",
+            size in proptest::num::u64::ANY,
+            files in proptest::option::of(proptest::num::u64::ANY),
+            seed in proptest::num::u8::ANY,
+        ) {
+            proptest::prop_assume!(path != "." && path != "..");
+            let p = Pointer {
+                path,
+                is_dir: files.is_some(),
+                kind: if seed % 2 == 0 { Kind::Dataset } else { Kind::Model },
+                name,
+                digest: Digest::of(&[seed]),
+                size,
+                files,
+                run: (seed % 3 == 0).then(|| Digest::of(b"run")),
+            };
+            let back = Pointer::parse(Path::new("p"), p.to_text().as_bytes());
+            proptest::prop_assert_eq!(back, Ok(p));
+        }
+    }
 }
