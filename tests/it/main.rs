@@ -3,4 +3,5 @@
 //! cleared environment, fixed git identity and dates, fixed recsys clock.
 
 mod common;
+mod ingest;
 mod store;
