@@ -258,8 +258,9 @@ fn new_movie_share(known: &HashMap<String, u64>, cur: &Profile) -> f64 {
 /// Drop exact duplicate watch/rate events; returns how many were dropped.
 /// The survivors end up sorted by (time, user, movie, kind, value).
 pub fn dedupe(events: &mut Vec<DataEvent>) -> u64 {
+    use rayon::slice::ParallelSliceMut;
     let before = events.len();
-    events.sort_unstable();
+    events.par_sort_unstable();
     events.dedup();
     (before - events.len()) as u64
 }
