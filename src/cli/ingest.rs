@@ -68,7 +68,8 @@ fn parse_minutes(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Crash simulation for tests: `RECSYS_CRASH_AT=after-consume|after-record`
+/// Crash simulation for tests:
+/// `RECSYS_CRASH_AT=after-consume|after-write|after-record`
 /// aborts the process at that point, as a kill -9 would.
 fn crash_hook(stage: Stage) {
     if std::env::var("RECSYS_CRASH_AT").as_deref() == Ok(stage.as_str()) {

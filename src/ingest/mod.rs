@@ -121,6 +121,8 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> In
 pub enum Stage {
     /// Messages consumed; nothing written or committed.
     Consumed,
+    /// `data/<dataset_N>/` written, not yet registered.
+    Written,
     /// Dataset durable and registered; offsets not yet committed.
     Recorded,
 }
@@ -129,6 +131,7 @@ impl Stage {
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Consumed => "after-consume",
+            Stage::Written => "after-write",
             Stage::Recorded => "after-record",
         }
     }
@@ -381,7 +384,16 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
     let data_dir = ws.root().join("data");
     let final_dir = data_dir.join(&name);
     if final_dir.exists() {
-        return Err(IngestError::Occupied(final_dir));
+        // Unregistered (the name is the next free one). A crashed ingest's
+        // own output — renamed into place, killed before record_run
+        // finished — is replaced: its messages were neither recorded nor
+        // committed, so this run has read them again. Anything else is
+        // not ours to delete.
+        if is_ingest_leftover(&final_dir) {
+            std::fs::remove_dir_all(&final_dir).map_err(io("remove", &final_dir))?;
+        } else {
+            return Err(IngestError::Occupied(final_dir));
+        }
     }
     let staging = data_dir.join(format!(".ingest-tmp-{name}"));
     if staging.exists() {
@@ -399,6 +411,7 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
     let qpath = staging.join(QUARANTINE_FILE);
     write_synced(&qpath, &c.quarantine_jsonl())?;
     std::fs::rename(&staging, &final_dir).map_err(io("rename into place", &final_dir))?;
+    hook(opts, Stage::Written);
 
     let counts = EventCounts {
         watch: c.watch,
@@ -452,7 +465,11 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
         .ok_or_else(|| IngestError::Invalid("record_run returned no output".into()))?;
 
     // The dataset is durable: now, and only now, move the group forward.
-    let next: BTreeMap<i32, i64> = c.ranges.iter().map(|(&p, r)| (p, r.last + 1)).collect();
+    let next: BTreeMap<i32, i64> = c
+        .ranges
+        .iter()
+        .map(|(&p, r)| (p, r.last.saturating_add(1)))
+        .collect();
     let commit_error = source.commit(&next).err().map(|e| e.to_string());
     Ok(IngestReport {
         dataset: added.name,
@@ -472,6 +489,16 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
         commit_error,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// A directory an ingest wrote: `dataset.json` naming a Kafka source, and
+/// a quarantine file.
+fn is_ingest_leftover(dir: &Path) -> bool {
+    let meta = std::fs::read(dir.join(crate::dataset::META)).ok();
+    let source_is_kafka = meta
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["source"]["kafka"]["topic"].is_string());
+    source_is_kafka && dir.join(QUARANTINE_FILE).is_file()
 }
 
 fn hook(opts: &IngestOptions, stage: Stage) {
@@ -515,8 +542,9 @@ fn recorded_positions(
         };
         for (p, o) in offsets {
             if let (Ok(p), Some(last)) = (p.parse::<i32>(), o["last"].as_i64()) {
-                let e = out.entry(p).or_insert(last + 1);
-                *e = (*e).max(last + 1);
+                let next = last.saturating_add(1);
+                let e = out.entry(p).or_insert(next);
+                *e = (*e).max(next);
             }
         }
     }

@@ -119,7 +119,7 @@ pub fn lines(d: &Dataset, opts: &ReplayOptions) -> Lines {
                     let m = minutes_for(e.user, &e.movie, e.value, opts.watch_minutes);
                     for i in 0..m {
                         evs.push(Event::Watch {
-                            time_ms: e.time_ms - i64::from(m - i) * 60_000,
+                            time_ms: e.time_ms.saturating_sub(i64::from(m - i) * 60_000),
                             user: e.user,
                             movie: movie.clone(),
                             minute: i,

@@ -364,14 +364,25 @@ fn crash_and_rerun_loses_and_duplicates_nothing() {
     assert!(!out.status.success());
     assert!(!env.path("data/dataset_2").exists());
 
-    // 3. SIGKILL while it waits for more messages than there are.
+    // 3. Crash after writing data/dataset_2/, before registering it: the
+    //    leftover directory is recognised as ingest output and replaced.
+    let out = env
+        .cmd(&args("100"))
+        .env("RECSYS_CRASH_AT", "after-write")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(env.path("data/dataset_2/events.csv").exists());
+    assert!(!env.path("data/dataset_2.recsys").exists());
+
+    // 4. SIGKILL while it waits for more messages than there are.
     let mut child = env.cmd(&args("1000")).spawn().expect("spawn");
     std::thread::sleep(Duration::from_millis(2000));
     child.kill().expect("kill -9");
     let _ = child.wait();
-    assert!(!env.path("data/dataset_2").exists());
+    assert!(!env.path("data/dataset_2.recsys").exists());
 
-    // 4. Rerun: exactly the 200 messages not yet in a dataset.
+    // 5. Rerun: exactly the 200 messages not yet in a dataset.
     let r = env.json(&args("200"));
     assert_eq!(r["dataset"], "dataset_2");
     assert_eq!(r["messages"], 200);
@@ -392,12 +403,22 @@ fn crash_and_rerun_loses_and_duplicates_nothing() {
     let want: Vec<(u64, u32)> = (0..300).map(|i| (i, i as u32)).collect();
     assert_eq!(all, want, "every message exactly once across the datasets");
 
-    // 5. Now the commit happened: a consumer of the same group starts at 150/150.
+    // 6. Now the commit happened: a consumer of the same group starts at 150/150.
     produce(&brokers, TOPIC, &[(0, Some(watch(900, "heat+1995", 1)))]);
     let r = env.json(&args("1"));
     assert_eq!(r["offsets"]["0"]["start"], 150);
     assert_eq!(r["offsets"]["0"]["start_from"], "committed");
     assert_eq!(r["offsets"]["0"]["first"], 150);
+
+    // A directory that is not an ingest's leftover is never deleted.
+    env.write("data/dataset_4/notes.txt", "mine");
+    produce(&brokers, TOPIC, &[(1, Some(watch(901, "heat+1995", 1)))]);
+    let err = env.fails(2, &args("1"));
+    assert!(
+        err.contains("exists but is not a registered dataset"),
+        "{err}"
+    );
+    assert_eq!(env.read("data/dataset_4/notes.txt"), b"mine");
 }
 
 #[test]
