@@ -12,10 +12,12 @@ mod diff;
 mod evaluate;
 mod gc;
 mod import;
+mod ingest;
 mod init;
 mod lineage;
 mod ls;
 mod remote;
+mod replay;
 mod reproduce;
 mod status;
 mod sync;
@@ -70,6 +72,8 @@ enum Command {
     Train(train::Args),
     Evaluate(evaluate::Args),
     Reproduce(reproduce::Args),
+    Ingest(ingest::Args),
+    Replay(replay::Args),
 }
 
 /// What every subcommand gets.
@@ -227,6 +231,8 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::run(a, &ctx),
         Command::Evaluate(a) => evaluate::run(a, &ctx),
         Command::Reproduce(a) => reproduce::run(a, &ctx),
+        Command::Ingest(a) => ingest::run(a, &ctx),
+        Command::Replay(a) => replay::run(a, &ctx),
     };
     match res {
         Ok(code) => code,

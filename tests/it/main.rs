@@ -3,5 +3,6 @@
 //! cleared environment, fixed git identity and dates, fixed recsys clock.
 
 mod common;
+mod ingest;
 mod pipeline;
 mod store;
