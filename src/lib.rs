@@ -10,6 +10,7 @@ pub mod model;
 pub mod movielens;
 pub mod paths;
 pub mod progress;
+pub mod serve;
 pub mod store;
 pub mod stream;
 pub mod workspace;

@@ -8,12 +8,14 @@
 mod add;
 mod audit;
 mod checkout;
+mod config;
 mod diff;
 mod gc;
 mod init;
 mod lineage;
 mod ls;
 mod remote;
+mod serve;
 mod status;
 mod sync;
 
@@ -62,6 +64,8 @@ enum Command {
     Ls(ls::Args),
     Diff(diff::Args),
     Lineage(lineage::Args),
+    Serve(serve::Args),
+    Config(config::Args),
 }
 
 /// What every subcommand gets.
@@ -159,7 +163,7 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_now(s: &str) -> Option<i64> {
+pub(crate) fn parse_now(s: &str) -> Option<i64> {
     if let Ok(ms) = s.parse::<i64>() {
         return Some(ms);
     }
@@ -208,6 +212,8 @@ pub fn main() -> ExitCode {
         Command::Ls(a) => ls::run(a, &ctx),
         Command::Diff(a) => diff::run(a, &ctx),
         Command::Lineage(a) => lineage::run(a, &ctx),
+        Command::Serve(a) => serve::run(a, &ctx),
+        Command::Config(a) => config::run(a, &ctx),
     };
     match res {
         Ok(code) => code,
