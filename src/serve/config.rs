@@ -243,7 +243,7 @@ impl Checker {
         };
         if let Some(s) = m.get("salt") {
             match s.as_str() {
-                Some(x) if x.is_empty() => self.bad("$.salt", "must not be empty"),
+                Some("") => self.bad("$.salt", "must not be empty"),
                 Some(_) => {}
                 None => self.bad(
                     "$.salt",
@@ -288,7 +288,7 @@ impl Checker {
         match m.get("name").map(|n| n.as_str()) {
             None => self.bad(&format!("{p}.name"), "missing: every rule needs a name"),
             Some(None) => self.bad(&format!("{p}.name"), "expected a string"),
-            Some(Some(n)) if n.is_empty() => self.bad(&format!("{p}.name"), "must not be empty"),
+            Some(Some("")) => self.bad(&format!("{p}.name"), "must not be empty"),
             Some(Some(n)) => {
                 if !names.insert(n.to_string()) {
                     self.bad(

@@ -43,7 +43,7 @@ pub enum ServeError {
     Deploy {
         config: PathBuf,
         #[source]
-        source: DeployError,
+        source: Box<DeployError>,
     },
     #[error("request log: {0}")]
     Log(#[from] log::LogError),
@@ -106,7 +106,7 @@ impl Server {
         let dep =
             deploy::load(&ws, &config, &[], &metrics).map_err(|source| ServeError::Deploy {
                 config: config.clone(),
-                source,
+                source: Box::new(source),
             })?;
         for n in &dep.notes {
             tracing::warn!("{n}");
@@ -187,21 +187,38 @@ impl Server {
 
 /// What the watcher compares: the config file's stamp and, per model name,
 /// its registered digest and the stamp of the file its bytes come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Fingerprint {
     config: String,
     models: HashMap<String, String>,
 }
 
-fn fingerprint(ws: &Workspace, config: &std::path::Path, names: &[String]) -> Fingerprint {
-    Fingerprint {
-        config: deploy::stamp(config),
-        models: deploy::model_fingerprint(ws, names).into_iter().collect(),
+impl Fingerprint {
+    fn of(ws: &Workspace, config: &std::path::Path, names: &[String]) -> Fingerprint {
+        Fingerprint {
+            config: deploy::stamp(config),
+            models: deploy::model_fingerprint(ws, names).into_iter().collect(),
+        }
+    }
+
+    /// Whether anything in `self` differs from `before` (a name `before`
+    /// did not watch counts as changed).
+    fn changed_since(&self, before: &Fingerprint) -> bool {
+        self.config != before.config
+            || self
+                .models
+                .iter()
+                .any(|(n, e)| before.models.get(n) != Some(e))
     }
 }
 
 /// Poll for changes; load and verify off the request path; swap on success,
 /// keep the last good deployment (logged, counted) on failure.
+///
+/// Watched: the config file and every model named by the serving config or
+/// by the config file as it is now (so registering a model the new config
+/// was missing triggers another attempt). The fingerprint is taken before
+/// loading: a change made during a load is seen at the next poll.
 fn watch(
     ws: Workspace,
     config: PathBuf,
@@ -209,22 +226,33 @@ fn watch(
     state: Arc<AppState>,
     stop: std::sync::mpsc::Receiver<()>,
 ) {
-    let mut names: Vec<String> = state
-        .deployment
-        .load_full()
-        .map(|d| d.model_names())
-        .unwrap_or_default();
-    let mut last = fingerprint(&ws, &config, &names);
+    let serving = |state: &AppState| -> Vec<String> {
+        state
+            .deployment
+            .load_full()
+            .map(|d| d.model_names())
+            .unwrap_or_default()
+    };
+    let mut last = Fingerprint::of(&ws, &config, &serving(&state));
     loop {
         match stop.recv_timeout(poll) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        let now = fingerprint(&ws, &config, &names);
-        if now == last {
+        let mut names = serving(&state);
+        if let Ok(bytes) = std::fs::read(&config)
+            && let Ok(cfg) = config::parse(&bytes)
+        {
+            for m in cfg.models() {
+                if !names.contains(&m) {
+                    names.push(m);
+                }
+            }
+        }
+        let now = Fingerprint::of(&ws, &config, &names);
+        if !now.changed_since(&last) {
             continue;
         }
-        let watched = names.clone();
         let current = state.deployment.load_full();
         // Models whose registration and file are unchanged are reused.
         let reuse: Vec<Arc<deploy::Served>> = current
@@ -232,7 +260,10 @@ fn watch(
             .map(|d| {
                 d.models
                     .iter()
-                    .filter(|m| now.models.get(&m.name) == last.models.get(&m.name))
+                    .filter(|m| {
+                        now.models.contains_key(&m.name)
+                            && now.models.get(&m.name) == last.models.get(&m.name)
+                    })
                     .cloned()
                     .collect()
             })
@@ -248,31 +279,14 @@ fn watch(
                     d.config_digest.short(),
                     d.model_names().join(", ")
                 );
-                names = d.model_names();
                 state.metrics.reload(true);
                 state.swap(d);
             }
             Err(e) => {
                 state.metrics.reload(false);
                 tracing::error!("reload failed, still serving the last good config: {e}");
-                // Watch the models the new config names too, so registering
-                // a missing one triggers another attempt.
-                if let Ok(bytes) = std::fs::read(&config)
-                    && let Ok(cfg) = config::parse(&bytes)
-                {
-                    for m in cfg.models() {
-                        if !names.contains(&m) {
-                            names.push(m);
-                        }
-                    }
-                }
             }
         }
-        // A change made while loading shows up against `now` next time.
-        last = if names == watched {
-            now
-        } else {
-            fingerprint(&ws, &config, &names)
-        };
+        last = now;
     }
 }
