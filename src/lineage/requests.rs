@@ -38,7 +38,6 @@ pub(crate) const SCHEMA_V2: &str = "BEGIN;
         latency_us INTEGER NOT NULL, items TEXT NOT NULL, segment INTEGER NOT NULL);
     CREATE INDEX IF NOT EXISTS requests_id ON requests(id);
     CREATE INDEX IF NOT EXISTS requests_user_time ON requests(user, time);
-    CREATE INDEX IF NOT EXISTS requests_segment ON requests(segment);
     PRAGMA user_version = 2;
     COMMIT;";
 
@@ -149,10 +148,14 @@ impl LineageDb {
         closed: Option<(i64, &str)>,
     ) -> Result<()> {
         self.write_txn(|tx| {
-            let seg_id = ensure_segment(tx.tx, seg).map_err(|e| tx.err(e))?;
-            tx.tx
-                .execute("DELETE FROM requests WHERE segment = ?1", [seg_id])
-                .map_err(|e| tx.err(e))?;
+            let (seg_id, new) = ensure_segment_new(tx.tx, seg).map_err(|e| tx.err(e))?;
+            // Requests are not indexed by segment (it would slow every
+            // insert); a segment seen for the first time has no rows to drop.
+            if !new {
+                tx.tx
+                    .execute("DELETE FROM requests WHERE segment = ?1", [seg_id])
+                    .map_err(|e| tx.err(e))?;
+            }
             insert_rows(tx.tx, seg_id, rows).map_err(|e| tx.err(e))?;
             if let Some((at, digest)) = closed {
                 tx.tx
@@ -303,6 +306,20 @@ fn served_by(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ServedBy> {
         code_commit: r.get(at + 5)?,
         config_digest: r.get(at + 6)?,
     })
+}
+
+/// The segment's row id, and whether this call created the row.
+fn ensure_segment_new(
+    conn: &rusqlite::Connection,
+    seg: &SegmentRef<'_>,
+) -> rusqlite::Result<(i64, bool)> {
+    let created = conn
+        .prepare_cached("INSERT OR IGNORE INTO segments(name, host, opened) VALUES (?1, ?2, ?3)")?
+        .execute(params![seg.name, seg.host, seg.opened])?;
+    let id = conn
+        .prepare_cached("SELECT id FROM segments WHERE name = ?1")?
+        .query_row([seg.name], |r| r.get(0))?;
+    Ok((id, created == 1))
 }
 
 fn ensure_segment(conn: &rusqlite::Connection, seg: &SegmentRef<'_>) -> rusqlite::Result<i64> {

@@ -26,7 +26,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use serde::Serialize;
 
 use super::deploy::Served;
 use super::metrics::Metrics;
@@ -256,21 +255,25 @@ struct Writer {
     seg: Option<OpenSegment>,
     dropped: Arc<AtomicU64>,
     dropped_noted: u64,
-    /// `ServedBy` per (model, config) seen recently, by address.
-    served_cache: Vec<(usize, usize, ServedBy)>,
+    /// `ServedBy` per (model, config) seen recently, by address, with its
+    /// JSON fields pre-rendered (they repeat on every line).
+    served_cache: Vec<(usize, usize, ServedBy, String)>,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    id: &'a str,
-    time: i64,
-    user: u64,
-    #[serde(flatten)]
-    served: &'a ServedBy,
-    route: &'a str,
-    status: &'a str,
-    latency_us: u32,
-    items: Vec<&'a str>,
+/// Append a JSON string (quoted, escaped).
+fn push_json_str(buf: &mut Vec<u8>, s: &str) {
+    // Serialising a &str cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+/// `"model":..,"model_digest":..,...` for a line: the fields of `ServedBy`.
+fn served_fields(s: &ServedBy) -> String {
+    let v = serde_json::to_value(s).unwrap_or_default();
+    let obj = v.to_string();
+    // `{...}` without the braces.
+    obj.get(1..obj.len().saturating_sub(1))
+        .unwrap_or("")
+        .to_string()
 }
 
 impl Writer {
@@ -365,15 +368,16 @@ impl Writer {
         if let Some(i) = self
             .served_cache
             .iter()
-            .position(|(a, b, _)| (*a, *b) == key)
+            .position(|(a, b, _, _)| (*a, *b) == key)
         {
             return i;
         }
         if self.served_cache.len() > 64 {
             self.served_cache.clear();
         }
-        self.served_cache
-            .push((key.0, key.1, ev.served.served_by(&ev.config)));
+        let by = ev.served.served_by(&ev.config);
+        let fields = served_fields(&by);
+        self.served_cache.push((key.0, key.1, by, fields));
         self.served_cache.len() - 1
     }
 
@@ -408,23 +412,30 @@ impl Writer {
             self.dropped_noted = dropped;
         }
         for (i, e) in batch.iter().enumerate() {
-            let line = Line {
-                id: &ids[i],
-                time: e.time_ms,
-                user: e.user,
-                served: &self.served_cache[served_idx[i]].2,
-                route: &e.route,
-                status: e.status,
-                latency_us: e.latency_us,
-                items: if bodies[i].is_empty() {
-                    Vec::new()
-                } else {
-                    bodies[i].split(',').collect()
-                },
-            };
-            // Plain data; serialising it cannot fail.
-            let _ = serde_json::to_writer(&mut buf, &line);
-            buf.push(b'\n');
+            // Same fields as `RequestRecord`, written by hand: this runs
+            // for every answer and serde's `flatten` is slow.
+            buf.extend_from_slice(b"{\"id\":\"");
+            buf.extend_from_slice(ids[i].as_bytes());
+            buf.extend_from_slice(
+                format!("\",\"time\":{},\"user\":{},", e.time_ms, e.user).as_bytes(),
+            );
+            buf.extend_from_slice(self.served_cache[served_idx[i]].3.as_bytes());
+            buf.extend_from_slice(b",\"route\":");
+            push_json_str(&mut buf, &e.route);
+            buf.extend_from_slice(b",\"status\":");
+            push_json_str(&mut buf, e.status);
+            buf.extend_from_slice(
+                format!(",\"latency_us\":{},\"items\":[", e.latency_us).as_bytes(),
+            );
+            if !bodies[i].is_empty() {
+                for (j, item) in bodies[i].split(',').enumerate() {
+                    if j > 0 {
+                        buf.push(b',');
+                    }
+                    push_json_str(&mut buf, item);
+                }
+            }
+            buf.extend_from_slice(b"]}\n");
         }
         let Some(seg) = self.seg.as_mut() else {
             return Ok(());
