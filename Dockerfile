@@ -18,6 +18,6 @@ WORKDIR /project
 VOLUME ["/project"]
 EXPOSE 8082
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=10s --timeout=2s CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/8082 || exit 1"]
+HEALTHCHECK --interval=10s --timeout=2s CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8082"]
 ENTRYPOINT ["recsys", "serve", "--bind", "0.0.0.0", "--port", "8082"]
 CMD ["--config", "config.json"]
