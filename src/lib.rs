@@ -13,6 +13,7 @@ pub mod movielens;
 pub mod paths;
 pub mod pipeline;
 pub mod progress;
+pub mod serve;
 pub mod store;
 pub mod stream;
 pub mod workspace;

@@ -2,20 +2,31 @@ use std::process::ExitCode;
 
 use super::{Ctx, bytes, date, short};
 
-/// Where an artifact came from: its run, code commit, inputs and outputs.
+/// Where an artifact or a served recommendation came from.
 ///
 /// Accepts a version name (dataset_3, model_v2), a digest or a unique
-/// prefix of one (6+ hex digits), or a work-tree path. `--rebuild`
-/// recreates lineage.db's index from the run records in the store and the
-/// pointer files in every commit.
+/// prefix of one (6+ hex digits), a work-tree path, or a request id (the
+/// X-Request-Id of an answer): then it tells which model version answered,
+/// which code commit and algorithm trained it, which dataset it was trained
+/// on, where that data came from, and the commands that restore those
+/// exact bytes. `--user U --at TIME` finds the request behind a
+/// recommendation line of the event stream. `--rebuild` recreates
+/// lineage.db's index from the run records in the store and the pointer
+/// files in every commit.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  recsys lineage dataset_3\n  recsys lineage models/model_v2.bin --json\n  recsys lineage --rebuild"
+    after_help = "Examples:\n  recsys lineage dataset_3\n  recsys lineage models/model_v2.bin --json\n  recsys lineage 01890a5d-ac96-774b-bcce-b302099a8057\n  recsys lineage --user 42 --at 2026-01-02T03:04:05.123\n  recsys lineage --rebuild"
 )]
 pub struct Args {
-    /// Version name, digest (prefix) or path.
-    #[arg(required_unless_present = "rebuild")]
+    /// Version name, digest (prefix), path or request id.
+    #[arg(required_unless_present_any = ["rebuild", "user"])]
     what: Option<String>,
+    /// The user of a served recommendation (with --at).
+    #[arg(long, requires = "at", conflicts_with_all = ["what", "rebuild"])]
+    user: Option<u64>,
+    /// When it was served: ISO-8601 (UTC, as in the event stream) or Unix ms.
+    #[arg(long, requires = "user")]
+    at: Option<String>,
     /// Rebuild the index from run records and pointer files.
     #[arg(long, conflicts_with = "what")]
     rebuild: bool,
@@ -47,7 +58,37 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         });
     }
+    if let (Some(user), Some(at)) = (a.user, &a.at) {
+        let at_ms = super::parse_now(at).ok_or_else(|| {
+            anyhow::anyhow!("--at {at:?} is neither an ISO-8601 time nor Unix milliseconds")
+        })?;
+        let user =
+            i64::try_from(user).map_err(|_| anyhow::anyhow!("--user {user} is out of range"))?;
+        return match ws.request_lineage_near(user, at_ms)? {
+            Some(r) => {
+                show_requests(&[r], a.json)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!(
+                    "no request of user {user} logged within {} s of {at}",
+                    crate::workspace::NEAR_WINDOW_MS / 1000
+                );
+                Ok(ExitCode::from(1))
+            }
+        };
+    }
     let what = a.what.unwrap_or_default();
+    if let Ok(id) = uuid::Uuid::try_parse(what.trim()) {
+        let found = ws.request_lineage(&id.hyphenated().to_string())?;
+        if found.is_empty() {
+            anyhow::bail!(
+                "no request {id} in lineage.db (a request logged on another machine arrives with `recsys pull`)"
+            );
+        }
+        show_requests(&found, a.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let l = ws.artifact_lineage(&what)?;
     if a.json {
         super::print_json(&l)?;
@@ -143,4 +184,71 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
     println!("  restore:    {}", l.restore);
     Ok(ExitCode::SUCCESS)
+}
+
+fn show_requests(found: &[crate::workspace::RequestLineage], json: bool) -> anyhow::Result<()> {
+    if json {
+        return if found.len() == 1 {
+            super::print_json(&found[0])
+        } else {
+            super::print_json(&found)
+        };
+    }
+    for l in found {
+        let r = &l.request;
+        let s = &r.served;
+        println!("request {}", r.id);
+        println!(
+            "  served:     {} to user {} ({}, {} µs)",
+            date(r.time),
+            r.user,
+            r.status,
+            r.latency_us
+        );
+        println!(
+            "  route:      {} (config {})",
+            r.route,
+            &s.config_digest[..s.config_digest.len().min(12)]
+        );
+        println!("  items:      {}", r.items.join(","));
+        println!("  model:      {} {}", s.model, s.model_digest);
+        if let Some(m) = &l.model
+            && let Some(run) = &m.run
+        {
+            println!(
+                "  trained by: {} run {} at commit {}{} (recsys {} build {})",
+                run.kind,
+                run.id.short(),
+                short(&run.git_commit),
+                if run.dirty { " (dirty work tree)" } else { "" },
+                run.recsys_version,
+                &run.build_commit[..run.build_commit.len().min(12)]
+            );
+            if let Some(alg) = &run.algorithm {
+                println!("  algorithm:  {alg} {}", run.params);
+            }
+        }
+        if s.dataset.is_empty() {
+            println!("  dataset:    -");
+        } else {
+            println!("  dataset:    {} {}", s.dataset, s.dataset_digest);
+        }
+        if let Some(d) = &l.dataset
+            && let Some(run) = &d.run
+        {
+            println!(
+                "  data from:  {} run {} {}",
+                run.kind,
+                run.id.short(),
+                run.source
+            );
+        }
+        for c in &l.restore {
+            println!("  restore:    {c}");
+        }
+        for n in &l.notes {
+            println!("  note:       {n}");
+        }
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@
 mod add;
 mod audit;
 mod checkout;
+mod config;
 mod diff;
 mod evaluate;
 mod gc;
@@ -19,6 +20,7 @@ mod ls;
 mod remote;
 mod replay;
 mod reproduce;
+mod serve;
 mod status;
 mod sync;
 mod train;
@@ -74,6 +76,8 @@ enum Command {
     Reproduce(reproduce::Args),
     Ingest(ingest::Args),
     Replay(replay::Args),
+    Serve(serve::Args),
+    Config(config::Args),
 }
 
 /// What every subcommand gets.
@@ -171,7 +175,7 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_now(s: &str) -> Option<i64> {
+pub(crate) fn parse_now(s: &str) -> Option<i64> {
     if let Ok(ms) = s.parse::<i64>() {
         return Some(ms);
     }
@@ -233,6 +237,8 @@ pub fn main() -> ExitCode {
         Command::Reproduce(a) => reproduce::run(a, &ctx),
         Command::Ingest(a) => ingest::run(a, &ctx),
         Command::Replay(a) => replay::run(a, &ctx),
+        Command::Serve(a) => serve::run(a, &ctx),
+        Command::Config(a) => config::run(a, &ctx),
     };
     match res {
         Ok(code) => code,

@@ -84,12 +84,13 @@ fn finish(r: &PullReport, json: bool, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         super::print_json(r)?;
     } else {
         ctx.say(format!(
-            "fetched {} object(s) ({}) from {}; {} already here; {} run record(s) indexed",
+            "fetched {} object(s) ({}) from {}; {} already here; {} run record(s), {} request-log segment(s) indexed",
             r.moved.objects,
             bytes(r.moved.bytes),
             r.remote,
             r.moved.already_there,
-            r.runs_indexed
+            r.runs_indexed,
+            r.segments_indexed
         ));
         super::checkout::report(ctx, &r.checked_out);
         for c in &r.conflicts {

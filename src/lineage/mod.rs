@@ -1,12 +1,13 @@
 //! `lineage.db`: the queryable index over run records, pointer files and
-//! (later) the request log. Everything in it except request rows can be
-//! rebuilt from run records in the store.
+//! the request log. Everything in it can be rebuilt: artifacts, runs and
+//! edges from run records, requests from closed log segments in the store.
 //!
 //! SQLite in WAL mode with a busy timeout: a scheduled pipeline and a
 //! running server write it at once. Transactions never span I/O that could
 //! block on another process for long.
 
 pub mod git;
+pub mod requests;
 pub mod run;
 
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ pub use run::{ArtifactRef, CodeVersion, RunRecord};
 
 use crate::store::Digest;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LineageError {
@@ -32,6 +33,8 @@ pub enum LineageError {
     Schema { path: PathBuf, found: i64 },
     #[error("git: {0}")]
     Git(String),
+    #[error("request log segment {label}: {reason}")]
+    BadSegment { label: String, reason: String },
     #[error("unknown git revision {0:?}: {1}")]
     BadRev(String, String),
     #[error(
@@ -135,6 +138,11 @@ impl LineageDb {
                      PRAGMA user_version = 1;
                      COMMIT;",
                 )
+                .map_err(|e| self.err(e))?;
+        }
+        if v < 2 {
+            self.conn
+                .execute_batch(requests::SCHEMA_V2)
                 .map_err(|e| self.err(e))?;
         }
         Ok(())

@@ -112,6 +112,7 @@ impl Workspace {
                 ));
             }
         }
+        problems.extend(self.audit_requests()?);
         if let Some(g) = self.git() {
             let mut seen = std::collections::HashSet::new();
             for (run, commit) in self.lineage.commits()? {
@@ -125,5 +126,94 @@ impl Workspace {
             }
         }
         Ok((objects.len(), problems))
+    }
+}
+
+impl Workspace {
+    /// Every logged request must name a model and a dataset present in the
+    /// store and in lineage (as exactly those bytes), and a config in the
+    /// store; every closed log segment must be in the store.
+    fn audit_requests(&self) -> Result<Vec<Problem>> {
+        use crate::store::Digest;
+        let mut problems = Vec::new();
+        let present = |hex: &str| -> Result<bool> {
+            Ok(match hex.parse::<Digest>() {
+                Ok(d) => self.store.contains(&d)?,
+                Err(_) => false,
+            })
+        };
+        for (s, n) in self.lineage.served_summary()? {
+            if n == 0 {
+                continue;
+            }
+            let subject = format!(
+                "{n} request(s) served by {} with config {}",
+                s.model,
+                &s.config_digest[..s.config_digest.len().min(12)]
+            );
+            for (what, name, digest) in [
+                ("model", &s.model, &s.model_digest),
+                ("dataset", &s.dataset, &s.dataset_digest),
+            ] {
+                if name.is_empty() {
+                    problems.push(problem(
+                        "request-without-dataset",
+                        subject.clone(),
+                        format!("the {what} version is not recorded"),
+                    ));
+                    continue;
+                }
+                if !present(digest)? {
+                    problems.push(problem(
+                        if what == "model" {
+                            "request-missing-model"
+                        } else {
+                            "request-missing-dataset"
+                        },
+                        subject.clone(),
+                        format!("{what} {name} ({digest}) is not in the store"),
+                    ));
+                }
+                match self.lineage.artifact_by_name(name)? {
+                    Some(a) if a.digest.hex() == *digest => {}
+                    Some(a) => problems.push(problem(
+                        "request-lineage-mismatch",
+                        subject.clone(),
+                        format!(
+                            "{what} {name} is {} in lineage, but requests name {digest}",
+                            a.digest
+                        ),
+                    )),
+                    None => problems.push(problem(
+                        if what == "model" {
+                            "request-unknown-model"
+                        } else {
+                            "request-unknown-dataset"
+                        },
+                        subject.clone(),
+                        format!("{what} {name} ({digest}) is not in lineage"),
+                    )),
+                }
+            }
+            if !present(&s.config_digest)? {
+                problems.push(problem(
+                    "request-missing-config",
+                    subject.clone(),
+                    format!("config {} is not in the store", s.config_digest),
+                ));
+            }
+        }
+        for seg in self.lineage.segments()? {
+            if let Some(d) = &seg.digest
+                && !present(d)?
+            {
+                problems.push(problem(
+                    "missing-log-segment",
+                    seg.name.clone(),
+                    format!("closed request-log segment {d} is not in the store"),
+                ));
+            }
+        }
+        Ok(problems)
     }
 }

@@ -28,12 +28,17 @@ pub struct PullReport {
     pub moved: Transferred,
     /// Run records newly indexed into lineage.db.
     pub runs_indexed: usize,
+    /// Request-log segments newly indexed into lineage.db.
+    pub segments_indexed: usize,
     /// Version names that arrived for other bytes than they have here.
     pub conflicts: Vec<String>,
     pub checked_out: Vec<CheckedOut>,
 }
 
 const INDEX_RUN: &str = "run ";
+/// Closed request-log segments: serving machines commit nothing to git, so
+/// the remote's index is how another machine finds them.
+const INDEX_SEGMENT: &str = "segment ";
 
 impl Workspace {
     fn open_remote(&self, name: Option<&str>) -> Result<(String, Box<dyn ObjectStore>)> {
@@ -92,6 +97,25 @@ impl Workspace {
                 runs.push(r);
             }
         }
+        // Request-log segments and the configs their requests name.
+        let mut new_segments = Vec::new();
+        for seg in self.lineage.segments()? {
+            if let Some(d) = seg.digest.as_deref().and_then(|h| h.parse::<Digest>().ok())
+                && self.store.contains(&d)?
+            {
+                tops.insert(d);
+                if !remote.contains(&d)? {
+                    new_segments.push(d);
+                }
+            }
+        }
+        for (s, _) in self.lineage.served_summary()? {
+            if let Ok(d) = s.config_digest.parse::<Digest>()
+                && self.store.contains(&d)?
+            {
+                tops.insert(d);
+            }
+        }
         let new_runs: Vec<Digest> = runs
             .iter()
             .filter(|r| remote.contains(r).map(|c| !c).unwrap_or(true))
@@ -102,8 +126,12 @@ impl Workspace {
             tops.into_iter().collect::<Vec<_>>(),
         ];
         let moved = remote::transfer(&self.store, &*remote, &phases, self.settings.jobs, progress)?;
-        if !new_runs.is_empty() {
-            let lines: Vec<String> = new_runs.iter().map(|r| format!("{INDEX_RUN}{r}")).collect();
+        let lines: Vec<String> = new_runs
+            .iter()
+            .map(|r| format!("{INDEX_RUN}{r}"))
+            .chain(new_segments.iter().map(|s| format!("{INDEX_SEGMENT}{s}")))
+            .collect();
+        if !lines.is_empty() {
             remote.index_append(&lines)?;
         }
         Ok(PushReport {
@@ -131,9 +159,20 @@ impl Workspace {
             self.plan_fetch(&*remote, p, &mut leaves, &mut tops)?;
         }
         let mut runs: BTreeSet<Digest> = selected.iter().filter_map(|(_, p, _)| p.run).collect();
+        let mut segments: BTreeSet<Digest> = BTreeSet::new();
         for line in remote.index_read()? {
             if let Some(d) = line.strip_prefix(INDEX_RUN).and_then(|h| h.parse().ok()) {
                 runs.insert(d);
+            } else if let Some(d) = line
+                .strip_prefix(INDEX_SEGMENT)
+                .and_then(|h| h.parse().ok())
+            {
+                segments.insert(d);
+            }
+        }
+        for s in &segments {
+            if !self.store.contains(s)? && remote.contains(s)? {
+                tops.insert(*s);
             }
         }
         for r in &runs {
@@ -148,6 +187,24 @@ impl Workspace {
         let moved = remote::transfer(&*remote, &self.store, &phases, self.settings.jobs, progress)?;
         let origin = format!("remote {rname}");
         let (runs_indexed, mut conflicts) = self.index_runs(&runs, &origin)?;
+        let (segments_indexed, configs) = self.index_segments(&segments)?;
+        let configs: Vec<Digest> = configs
+            .into_iter()
+            .filter(|d| {
+                !self.store.contains(d).unwrap_or(true) && remote.contains(d).unwrap_or(false)
+            })
+            .collect();
+        let more = if configs.is_empty() {
+            Transferred::default()
+        } else {
+            remote::transfer(
+                &*remote,
+                &self.store,
+                &[configs],
+                self.settings.jobs,
+                progress,
+            )?
+        };
         for (_, p, _) in &selected {
             if let Some(a) = self.lineage.artifact_by_name(&p.name)?
                 && a.digest != p.digest
@@ -167,8 +224,13 @@ impl Workspace {
         Ok(PullReport {
             remote: rname,
             artifacts: selected.len(),
-            moved,
+            moved: Transferred {
+                objects: moved.objects + more.objects,
+                bytes: moved.bytes + more.bytes,
+                already_there: moved.already_there + more.already_there,
+            },
             runs_indexed,
+            segments_indexed,
             conflicts,
             checked_out: Vec::new(),
         })
@@ -252,6 +314,46 @@ impl Workspace {
             }
         }
         Ok((n, conflicts))
+    }
+
+    /// Index request-log segments present in the store that lineage.db
+    /// does not know yet. Returns (indexed, config digests their requests
+    /// name). An unreadable segment is skipped: `audit` reports it.
+    fn index_segments(&mut self, segments: &BTreeSet<Digest>) -> Result<(usize, BTreeSet<Digest>)> {
+        let known: BTreeSet<String> = self
+            .lineage
+            .segments()?
+            .into_iter()
+            .filter_map(|s| s.digest)
+            .collect();
+        let mut n = 0;
+        let mut configs = BTreeSet::new();
+        for d in segments {
+            if known.contains(&d.hex()) {
+                continue;
+            }
+            let Some(bytes) = self.store.get(d)? else {
+                continue;
+            };
+            if Digest::of(&bytes) != *d {
+                continue;
+            }
+            let Ok(seg) = crate::lineage::requests::parse_segment(&d.hex(), &bytes) else {
+                continue;
+            };
+            for r in &seg.records {
+                if let Ok(c) = r.served.config_digest.parse() {
+                    configs.insert(c);
+                }
+            }
+            crate::lineage::requests::index_segment(
+                &self.lineage,
+                &seg,
+                Some((self.now_ms(), &d.hex())),
+            )?;
+            n += 1;
+        }
+        Ok((n, configs))
     }
 
     /// `fetch`, then `checkout` of what was fetched.

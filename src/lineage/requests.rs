@@ -1,0 +1,457 @@
+//! The request log's index: one row per answered recommendation, the model,
+//! dataset and config that answered it, and the log segment it lives in.
+//!
+//! Rows are written in batches by the server's log writer (one transaction
+//! per batch) and, on another machine, by `pull` from closed segments. The
+//! segment file is the source of truth: a segment's rows can always be
+//! replaced by re-reading it ([`LineageDb::replace_segment_requests`]).
+//!
+//! What a request was served by (model, dataset, code, config) repeats for
+//! millions of rows, so it lives once in `served` and requests point at it.
+
+use std::collections::HashMap;
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::{LineageDb, LineageError, Result};
+use crate::workspace::SEGMENT_MAGIC;
+
+/// Bumped when the segment layout changes incompatibly.
+pub const SEGMENT_FORMAT: u32 = 1;
+
+/// Migration 1 -> 2: the request tables.
+pub(crate) const SCHEMA_V2: &str = "BEGIN;
+    CREATE TABLE IF NOT EXISTS segments(
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, host TEXT NOT NULL,
+        opened INTEGER NOT NULL, closed INTEGER, digest TEXT);
+    CREATE INDEX IF NOT EXISTS segments_digest ON segments(digest);
+    CREATE TABLE IF NOT EXISTS served(
+        id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL, model_digest TEXT NOT NULL,
+        dataset TEXT NOT NULL, dataset_digest TEXT NOT NULL,
+        train_run TEXT NOT NULL, code_commit TEXT NOT NULL, config_digest TEXT NOT NULL,
+        UNIQUE(model, model_digest, dataset, dataset_digest, train_run, code_commit, config_digest));
+    CREATE TABLE IF NOT EXISTS requests(
+        id TEXT NOT NULL, time INTEGER NOT NULL, user INTEGER NOT NULL,
+        served INTEGER NOT NULL, route TEXT NOT NULL, status TEXT NOT NULL,
+        latency_us INTEGER NOT NULL, items TEXT NOT NULL, segment INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS requests_id ON requests(id);
+    CREATE INDEX IF NOT EXISTS requests_user_time ON requests(user, time);
+    PRAGMA user_version = 2;
+    COMMIT;";
+
+/// What answered a request. Empty strings mean unknown (a model registered
+/// without a dataset input, a project without git).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServedBy {
+    pub model: String,
+    pub model_digest: String,
+    pub dataset: String,
+    pub dataset_digest: String,
+    pub train_run: String,
+    pub code_commit: String,
+    pub config_digest: String,
+}
+
+/// One logged request, as written to the log and the index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// UUID, hyphenated lower case.
+    pub id: String,
+    /// Unix milliseconds when the answer was produced.
+    pub time: i64,
+    pub user: i64,
+    #[serde(flatten)]
+    pub served: ServedBy,
+    /// The config rule (and split arm) that routed the user.
+    pub route: String,
+    /// `ok`, `fallback_unknown_user`, `fallback_error`.
+    pub status: String,
+    pub latency_us: i64,
+    pub items: Vec<String>,
+}
+
+/// A request as written to the index: borrowed, so the log writer does not
+/// copy what it already holds. `items` is the answer (ids joined by `,`).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRow<'a> {
+    pub id: &'a str,
+    pub time: i64,
+    pub user: i64,
+    pub served: &'a ServedBy,
+    pub route: &'a str,
+    pub status: &'a str,
+    pub latency_us: i64,
+    pub items: &'a str,
+}
+
+impl RequestRecord {
+    /// As a row; `items` is `self.items` joined by `,` (kept by the caller).
+    pub fn row<'a>(&'a self, items: &'a str) -> RequestRow<'a> {
+        RequestRow {
+            id: &self.id,
+            time: self.time,
+            user: self.user,
+            served: &self.served,
+            route: &self.route,
+            status: &self.status,
+            latency_us: self.latency_us,
+            items,
+        }
+    }
+}
+
+/// First line of every segment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentHeader {
+    /// Always first: see [`SEGMENT_MAGIC`].
+    pub recsys_log_segment: u32,
+    pub name: String,
+    pub host: String,
+    pub opened: i64,
+}
+
+/// A request log segment as indexed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SegmentRow {
+    pub name: String,
+    pub host: String,
+    pub opened: i64,
+    pub closed: Option<i64>,
+    pub digest: Option<String>,
+}
+
+/// The segment a batch belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRef<'a> {
+    pub name: &'a str,
+    pub host: &'a str,
+    pub opened: i64,
+}
+
+impl LineageDb {
+    /// Index a batch of requests of one open segment in one transaction.
+    pub fn insert_requests(&self, seg: &SegmentRef<'_>, rows: &[RequestRow<'_>]) -> Result<()> {
+        self.write_txn(|tx| {
+            let seg_id = ensure_segment(tx.tx, seg).map_err(|e| tx.err(e))?;
+            insert_rows(tx.tx, seg_id, rows).map_err(|e| tx.err(e))
+        })
+    }
+
+    /// Replace every row of a segment by `rows` (recovery after a crash,
+    /// indexing a pulled segment), and mark it closed as `digest` when given.
+    pub fn replace_segment_requests(
+        &self,
+        seg: &SegmentRef<'_>,
+        rows: &[RequestRow<'_>],
+        closed: Option<(i64, &str)>,
+    ) -> Result<()> {
+        self.write_txn(|tx| {
+            let (seg_id, new) = ensure_segment_new(tx.tx, seg).map_err(|e| tx.err(e))?;
+            // Requests are not indexed by segment (it would slow every
+            // insert); a segment seen for the first time has no rows to drop.
+            if !new {
+                tx.tx
+                    .execute("DELETE FROM requests WHERE segment = ?1", [seg_id])
+                    .map_err(|e| tx.err(e))?;
+            }
+            insert_rows(tx.tx, seg_id, rows).map_err(|e| tx.err(e))?;
+            if let Some((at, digest)) = closed {
+                tx.tx
+                    .execute(
+                        "UPDATE segments SET closed = ?2, digest = ?3 WHERE id = ?1",
+                        params![seg_id, at, digest],
+                    )
+                    .map_err(|e| tx.err(e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Record that a segment was closed and stored as `digest`.
+    pub fn close_segment(&self, seg: &SegmentRef<'_>, closed: i64, digest: &str) -> Result<()> {
+        self.write_txn(|tx| {
+            let seg_id = ensure_segment(tx.tx, seg).map_err(|e| tx.err(e))?;
+            tx.tx
+                .execute(
+                    "UPDATE segments SET closed = ?2, digest = ?3 WHERE id = ?1",
+                    params![seg_id, closed, digest],
+                )
+                .map(|_| ())
+                .map_err(|e| tx.err(e))
+        })
+    }
+
+    pub fn segment_by_name(&self, name: &str) -> Result<Option<SegmentRow>> {
+        self.conn
+            .query_row(
+                "SELECT name, host, opened, closed, digest FROM segments WHERE name = ?1",
+                [name],
+                segment_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every segment, oldest first.
+    pub fn segments(&self) -> Result<Vec<SegmentRow>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT name, host, opened, closed, digest FROM segments ORDER BY opened, name",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([], segment_row).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Requests logged under `id` (normally one; a client may reuse an id).
+    pub fn requests_by_id(&self, id: &str) -> Result<Vec<RequestRecord>> {
+        self.query_requests("WHERE r.id = ?1 ORDER BY r.time", params![id])
+    }
+
+    /// The request of `user` closest in time to `at_ms`, within `window_ms`.
+    pub fn request_near(
+        &self,
+        user: i64,
+        at_ms: i64,
+        window_ms: i64,
+    ) -> Result<Option<RequestRecord>> {
+        Ok(self
+            .query_requests(
+                "WHERE r.user = ?1 AND r.time BETWEEN ?2 - ?3 AND ?2 + ?3
+                 ORDER BY abs(r.time - ?2), r.time LIMIT 1",
+                params![user, at_ms, window_ms],
+            )?
+            .into_iter()
+            .next())
+    }
+
+    /// Every distinct (model, dataset) that answered requests, with counts.
+    pub fn served_summary(&self) -> Result<Vec<(ServedBy, u64)>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT s.model, s.model_digest, s.dataset, s.dataset_digest, s.train_run,
+                        s.code_commit, s.config_digest, count(r.rowid)
+                 FROM served s LEFT JOIN requests r ON r.served = s.id
+                 GROUP BY s.id ORDER BY s.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((served_by(r, 0)?, r.get::<_, i64>(7)? as u64)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn request_count(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM requests", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    fn query_requests(&self, tail: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<RequestRecord>> {
+        let sql = format!(
+            "SELECT s.model, s.model_digest, s.dataset, s.dataset_digest, s.train_run,
+                    s.code_commit, s.config_digest,
+                    r.id, r.time, r.user, r.route, r.status, r.latency_us, r.items
+             FROM requests r JOIN served s ON s.id = r.served {tail}"
+        );
+        let mut st = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(p, |r| {
+                let items: String = r.get(13)?;
+                Ok(RequestRecord {
+                    served: served_by(r, 0)?,
+                    id: r.get(7)?,
+                    time: r.get(8)?,
+                    user: r.get(9)?,
+                    route: r.get(10)?,
+                    status: r.get(11)?,
+                    latency_us: r.get(12)?,
+                    items: if items.is_empty() {
+                        Vec::new()
+                    } else {
+                        items.split(',').map(str::to_string).collect()
+                    },
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn segment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRow> {
+    Ok(SegmentRow {
+        name: r.get(0)?,
+        host: r.get(1)?,
+        opened: r.get(2)?,
+        closed: r.get(3)?,
+        digest: r.get(4)?,
+    })
+}
+
+fn served_by(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ServedBy> {
+    Ok(ServedBy {
+        model: r.get(at)?,
+        model_digest: r.get(at + 1)?,
+        dataset: r.get(at + 2)?,
+        dataset_digest: r.get(at + 3)?,
+        train_run: r.get(at + 4)?,
+        code_commit: r.get(at + 5)?,
+        config_digest: r.get(at + 6)?,
+    })
+}
+
+/// The segment's row id, and whether this call created the row.
+fn ensure_segment_new(
+    conn: &rusqlite::Connection,
+    seg: &SegmentRef<'_>,
+) -> rusqlite::Result<(i64, bool)> {
+    let created = conn
+        .prepare_cached("INSERT OR IGNORE INTO segments(name, host, opened) VALUES (?1, ?2, ?3)")?
+        .execute(params![seg.name, seg.host, seg.opened])?;
+    let id = conn
+        .prepare_cached("SELECT id FROM segments WHERE name = ?1")?
+        .query_row([seg.name], |r| r.get(0))?;
+    Ok((id, created == 1))
+}
+
+fn ensure_segment(conn: &rusqlite::Connection, seg: &SegmentRef<'_>) -> rusqlite::Result<i64> {
+    conn.prepare_cached("INSERT OR IGNORE INTO segments(name, host, opened) VALUES (?1, ?2, ?3)")?
+        .execute(params![seg.name, seg.host, seg.opened])?;
+    conn.prepare_cached("SELECT id FROM segments WHERE name = ?1")?
+        .query_row([seg.name], |r| r.get(0))
+}
+
+fn insert_rows(
+    conn: &rusqlite::Connection,
+    seg_id: i64,
+    rows: &[RequestRow<'_>],
+) -> rusqlite::Result<()> {
+    // Keyed by address: rows of one batch share a few `ServedBy` values.
+    let mut served_ids: HashMap<*const ServedBy, i64> = HashMap::new();
+    let mut ins = conn.prepare_cached(
+        "INSERT INTO requests(id, time, user, served, route, status, latency_us, items, segment)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for r in rows {
+        let key: *const ServedBy = r.served;
+        let served = match served_ids.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = served_id(conn, r.served)?;
+                served_ids.insert(key, id);
+                id
+            }
+        };
+        ins.execute(params![
+            r.id,
+            r.time,
+            r.user,
+            served,
+            r.route,
+            r.status,
+            r.latency_us,
+            r.items,
+            seg_id
+        ])?;
+    }
+    Ok(())
+}
+
+fn served_id(conn: &rusqlite::Connection, s: &ServedBy) -> rusqlite::Result<i64> {
+    let p = params![
+        s.model,
+        s.model_digest,
+        s.dataset,
+        s.dataset_digest,
+        s.train_run,
+        s.code_commit,
+        s.config_digest
+    ];
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO served(model, model_digest, dataset, dataset_digest, train_run,
+            code_commit, config_digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(p)?;
+    conn.prepare_cached(
+        "SELECT id FROM served WHERE model = ?1 AND model_digest = ?2 AND dataset = ?3
+            AND dataset_digest = ?4 AND train_run = ?5 AND code_commit = ?6 AND config_digest = ?7",
+    )?
+    .query_row(p, |r| r.get(0))
+}
+
+/// A parsed segment: its header and request records (lines that are not
+/// request records, like drop notes, are skipped).
+pub struct ParsedSegment {
+    pub header: SegmentHeader,
+    pub records: Vec<RequestRecord>,
+    pub bad_lines: usize,
+}
+
+/// Parse a segment's bytes (a closed object, or an open file cut after its
+/// last whole line).
+pub fn parse_segment(label: &str, bytes: &[u8]) -> Result<ParsedSegment, LineageError> {
+    let bad = |reason: String| LineageError::BadSegment {
+        label: label.to_string(),
+        reason,
+    };
+    if !bytes.starts_with(SEGMENT_MAGIC) {
+        return Err(bad("does not start with a segment header".into()));
+    }
+    let mut lines = bytes.split(|b| *b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    let header: SegmentHeader =
+        serde_json::from_slice(first).map_err(|e| bad(format!("header: {e}")))?;
+    if header.recsys_log_segment != SEGMENT_FORMAT {
+        return Err(bad(format!(
+            "format {} is not supported (this recsys reads {SEGMENT_FORMAT})",
+            header.recsys_log_segment
+        )));
+    }
+    let mut records = Vec::new();
+    let mut bad_lines = 0;
+    for line in lines {
+        if line.is_empty() || line.starts_with(b"{\"recsys_log_dropped\"") {
+            continue;
+        }
+        match serde_json::from_slice::<RequestRecord>(line) {
+            Ok(r) => records.push(r),
+            Err(_) => bad_lines += 1,
+        }
+    }
+    Ok(ParsedSegment {
+        header,
+        records,
+        bad_lines,
+    })
+}
+
+/// Index a parsed segment's requests, replacing whatever rows it had, and
+/// mark it closed as `digest` when given.
+pub fn index_segment(
+    db: &LineageDb,
+    seg: &ParsedSegment,
+    closed: Option<(i64, &str)>,
+) -> Result<()> {
+    let joined: Vec<String> = seg.records.iter().map(|r| r.items.join(",")).collect();
+    let rows: Vec<RequestRow<'_>> = seg
+        .records
+        .iter()
+        .zip(&joined)
+        .map(|(r, items)| r.row(items))
+        .collect();
+    let sref = SegmentRef {
+        name: &seg.header.name,
+        host: &seg.header.host,
+        opened: seg.header.opened,
+    };
+    db.replace_segment_requests(&sref, &rows, closed)?;
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! A deployment: a checked config, the verified models it names, their
+//! provenance and the users table routing reads — everything one answer
+//! needs, built off the request path and swapped in whole.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::config::{self, ConfigErrors, Router, RouterConfig, UserAttrs};
+use super::metrics::{Metrics, ModelCounters};
+use super::users::parse_users_csv;
+use crate::lineage::requests::ServedBy;
+use crate::model::{self, Model, ModelError};
+use crate::store::{Digest, StoreError};
+use crate::workspace::{Workspace, WorkspaceError};
+
+/// Most ids in one answer.
+pub const TOP_N: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("read {path}: {source}")]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {errors}")]
+    Config { path: PathBuf, errors: ConfigErrors },
+    #[error("{path}: model {name} is not registered (no such version in lineage.db)")]
+    UnknownModel { path: PathBuf, name: String },
+    #[error("{name} is a {kind}, not a model")]
+    NotAModel { name: String, kind: String },
+    #[error("{name} ({digest}): its bytes are neither in the work tree nor in the store")]
+    ModelMissing { name: String, digest: Digest },
+    #[error("{name}: {path} hashes to {actual}, but {name} is registered as {expected}")]
+    DigestMismatch {
+        name: String,
+        path: PathBuf,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("{name}: {path}: {source}")]
+    BadModel {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("{name}: read {path}: {source}")]
+    ReadModel {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lineage(#[from] crate::lineage::LineageError),
+}
+
+/// One loaded, verified model version and where it came from.
+pub struct Served {
+    pub name: String,
+    pub digest: Digest,
+    pub model: Model,
+    pub item_names: Vec<String>,
+    /// The popularity answer, precomputed: the fallback must not fail.
+    pub popular_body: axum::body::Bytes,
+    pub popular_items: Vec<u32>,
+    pub dataset: Option<(String, Digest)>,
+    pub train_run: Option<Digest>,
+    pub code_commit: Option<String>,
+    pub algorithm: String,
+    pub counters: ModelCounters,
+}
+
+impl Served {
+    /// Who answered, for the request log.
+    pub fn served_by(&self, config_digest: &str) -> ServedBy {
+        ServedBy {
+            model: self.name.clone(),
+            model_digest: self.digest.hex(),
+            dataset: self
+                .dataset
+                .as_ref()
+                .map(|d| d.0.clone())
+                .unwrap_or_default(),
+            dataset_digest: self.dataset.as_ref().map(|d| d.1.hex()).unwrap_or_default(),
+            train_run: self.train_run.map(|r| r.hex()).unwrap_or_default(),
+            code_commit: self.code_commit.clone().unwrap_or_default(),
+            config_digest: config_digest.to_string(),
+        }
+    }
+
+    /// Item indices as the comma-separated answer.
+    pub fn body(&self, items: &[u32]) -> String {
+        let mut s = String::with_capacity(items.len() * 24);
+        for (i, it) in items.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(
+                self.item_names
+                    .get(*it as usize)
+                    .map(String::as_str)
+                    .unwrap_or(""),
+            );
+        }
+        s
+    }
+}
+
+/// A config with everything it names, ready to answer.
+pub struct Deployment {
+    pub config: RouterConfig,
+    pub config_digest: Digest,
+    pub config_hex: Arc<str>,
+    pub models: Vec<Arc<Served>>,
+    pub router: Router,
+    pub users: Arc<HashMap<u64, UserAttrs>>,
+    /// Things worth logging that did not stop the load.
+    pub notes: Vec<String>,
+}
+
+impl Deployment {
+    pub fn model_names(&self) -> Vec<String> {
+        self.models.iter().map(|m| m.name.clone()).collect()
+    }
+}
+
+/// Read `config_path`, check it, load and verify every model it names,
+/// read the users tables of their training datasets, and store the config
+/// as an object. Models in `reuse` (already verified, files unchanged since)
+/// are taken as they are when name and registered digest still match.
+pub fn load(
+    ws: &Workspace,
+    config_path: &Path,
+    reuse: &[Arc<Served>],
+    metrics: &Metrics,
+) -> Result<Deployment, DeployError> {
+    let bytes = std::fs::read(config_path).map_err(|source| DeployError::ReadConfig {
+        path: config_path.into(),
+        source,
+    })?;
+    let cfg = config::parse(&bytes).map_err(|errors| DeployError::Config {
+        path: config_path.into(),
+        errors,
+    })?;
+    let mut notes = Vec::new();
+    let mut models = Vec::new();
+    for name in cfg.models() {
+        let art = ws
+            .lineage
+            .artifact_by_name(&name)?
+            .ok_or_else(|| DeployError::UnknownModel {
+                path: config_path.into(),
+                name: name.clone(),
+            })?;
+        if art.kind != "model" {
+            return Err(DeployError::NotAModel {
+                name,
+                kind: art.kind,
+            });
+        }
+        let reused = reuse
+            .iter()
+            .find(|m| m.name == name && m.digest == art.digest);
+        let served = match reused {
+            Some(m) => m.clone(),
+            None => Arc::new(load_model(ws, &art, metrics)?),
+        };
+        models.push(served);
+    }
+    let index: HashMap<&str, usize> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.as_str(), i))
+        .collect();
+    let router =
+        Router::compile(&cfg, |n| index.get(n).copied()).ok_or_else(|| DeployError::Config {
+            path: config_path.into(),
+            errors: ConfigErrors(vec![config::ConfigProblem {
+                path: "$".into(),
+                message: "names a model that was not loaded".into(),
+            }]),
+        })?;
+    let mut users: HashMap<u64, UserAttrs> = HashMap::new();
+    let mut read_datasets = Vec::new();
+    for m in &models {
+        let Some((ds_name, ds_digest)) = &m.dataset else {
+            continue;
+        };
+        if read_datasets.contains(ds_digest) {
+            continue;
+        }
+        read_datasets.push(*ds_digest);
+        match read_users(ws, ds_digest) {
+            Ok(Some((u, skipped))) => {
+                if skipped > 0 {
+                    notes.push(format!(
+                        "{ds_name}: users.csv has {skipped} unreadable row(s), skipped"
+                    ));
+                }
+                for (id, a) in u {
+                    users.entry(id).or_insert(a);
+                }
+            }
+            Ok(None) => notes.push(format!(
+                "{ds_name} has no users.csv: rules on user attributes match nobody from it"
+            )),
+            Err(e) => notes.push(format!(
+                "{ds_name}: users table unreadable ({e}); rules on user attributes match nobody from it"
+            )),
+        }
+    }
+    let config_digest = crate::store::put_bytes(&ws.store, &bytes)?;
+    Ok(Deployment {
+        config: cfg,
+        config_hex: Arc::from(config_digest.hex()),
+        config_digest,
+        models,
+        router,
+        users: Arc::new(users),
+        notes,
+    })
+}
+
+/// Where a model's bytes are read from: the work-tree copy when it exists,
+/// else the store object.
+pub fn model_source(ws: &Workspace, art: &crate::lineage::ArtifactRow) -> PathBuf {
+    if let Some(p) = &art.path {
+        let abs = ws.root().join(p);
+        if abs.is_file() {
+            return abs;
+        }
+    }
+    ws.store.object_path(&art.digest)
+}
+
+fn load_model(
+    ws: &Workspace,
+    art: &crate::lineage::ArtifactRow,
+    metrics: &Metrics,
+) -> Result<Served, DeployError> {
+    let name = art.name.clone();
+    let path = model_source(ws, art);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DeployError::ModelMissing {
+                name,
+                digest: art.digest,
+            });
+        }
+        Err(source) => return Err(DeployError::ReadModel { name, path, source }),
+    };
+    let actual = Digest::of(&bytes);
+    if actual != art.digest {
+        return Err(DeployError::DigestMismatch {
+            name,
+            path,
+            expected: art.digest,
+            actual,
+        });
+    }
+    let (header, model) = model::load(&bytes[..]).map_err(|source| DeployError::BadModel {
+        name: name.clone(),
+        path: path.clone(),
+        source,
+    })?;
+    let run = ws.lineage.run(&art.run)?;
+    let mut dataset = None;
+    for (dir, input, digest) in ws.lineage.run_edges(&art.run)? {
+        if dir != "in" {
+            continue;
+        }
+        if let Some(a) = ws.lineage.artifact_by_name(&input)?
+            && a.kind == "dataset"
+        {
+            dataset = Some((input, digest));
+            break;
+        }
+    }
+    if dataset.is_none()
+        && let Ok(d) = header.dataset_digest.parse::<Digest>()
+        && let Some(a) = ws
+            .lineage
+            .artifacts_by_digest_prefix(&d.hex())?
+            .into_iter()
+            .find(|a| a.kind == "dataset")
+    {
+        dataset = Some((a.name, a.digest));
+    }
+    let popular_items = model.popular(TOP_N).to_vec();
+    let mut served = Served {
+        counters: metrics.for_model(&name),
+        name,
+        digest: art.digest,
+        item_names: header.item_names,
+        popular_body: axum::body::Bytes::new(),
+        popular_items,
+        dataset,
+        train_run: run.as_ref().map(|r| r.id),
+        code_commit: run.as_ref().and_then(|r| r.git_commit.clone()),
+        algorithm: model.algo().name().to_string(),
+        model,
+    };
+    served.popular_body = axum::body::Bytes::from(served.body(&served.popular_items));
+    Ok(served)
+}
+
+/// The users table of a dataset directory artifact, when it has one.
+#[allow(clippy::type_complexity)]
+fn read_users(
+    ws: &Workspace,
+    dataset: &Digest,
+) -> Result<Option<(HashMap<u64, UserAttrs>, usize)>, String> {
+    let manifest = ws.load_manifest(dataset).map_err(|e| e.to_string())?;
+    let Some(entry) = manifest.entries.iter().find(|e| e.path == "users.csv") else {
+        return Ok(None);
+    };
+    let p = ws
+        .store
+        .verified_path(&entry.digest)
+        .map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
+    parse_users_csv(&bytes).map(Some)
+}
+
+/// Stat stamps of everything a set of model versions is read from, for the
+/// watcher: (registered digest, stamp of the file the bytes come from).
+pub fn model_fingerprint(ws: &Workspace, names: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for n in names {
+        let entry = match ws.lineage.artifact_by_name(n) {
+            Ok(Some(a)) => {
+                let p = model_source(ws, &a);
+                format!("{} {}", a.digest, stamp(&p))
+            }
+            Ok(None) => "unregistered".into(),
+            Err(e) => format!("lineage error {e}"),
+        };
+        out.push((n.clone(), entry));
+    }
+    out
+}
+
+/// Size, mtime and inode of a path, or "missing".
+pub fn stamp(p: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(p) {
+        Ok(m) => format!(
+            "{}:{}:{}.{}:{}",
+            p.display(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino()
+        ),
+        Err(_) => format!("{}:missing", p.display()),
+    }
+}

@@ -1,0 +1,564 @@
+//! The request log: every answer becomes one JSON line in a durable local
+//! segment file and one row in lineage.db, written by one thread in
+//! batches, off the request path.
+//!
+//! Handlers hand events to a bounded queue with `try_send`: a full queue
+//! drops the event (counted in `/metrics`, warned about, and noted in the
+//! log itself as a `{"recsys_log_dropped":n}` line) and never waits.
+//!
+//! Durability: the writer takes what is queued (waiting at most
+//! [`LogOptions::batch_wait`] after the first event), appends it to the
+//! open segment, `fdatasync`s, then indexes the batch in one transaction.
+//! A crash loses at most the batch in flight. Segment files are named
+//! `open-<name>.jsonl` while open; when closed (size, age, shutdown) their
+//! bytes become a store object — which starts with
+//! `{"recsys_log_segment":` so `gc` keeps it — and the file is removed.
+//! At start, segments left open by a crash are cut after their last whole
+//! line, re-indexed and closed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+
+use super::deploy::Served;
+use super::metrics::Metrics;
+use crate::lineage::requests::{
+    RequestRow, SEGMENT_FORMAT, SegmentHeader, SegmentRef, ServedBy, index_segment, parse_segment,
+};
+use crate::lineage::{LineageDb, LineageError};
+use crate::store::{Digest, LocalStore, StoreError};
+use crate::workspace::SEGMENT_MAGIC;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lineage(#[from] LineageError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LogError + use<> {
+    let path = path.to_path_buf();
+    move |source| LogError::Io { op, path, source }
+}
+
+/// Where and how the log is written.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Directory of open segment files.
+    pub dir: PathBuf,
+    pub lineage_db: PathBuf,
+    pub store_root: PathBuf,
+    /// Recorded in each segment (which machine served).
+    pub host: String,
+    /// Events the queue holds before dropping.
+    pub queue: usize,
+    /// Longest an event waits in the queue before it is written (<= 1 s).
+    pub batch_wait: Duration,
+    /// Most events per write and transaction.
+    pub batch_max: usize,
+    /// Close a segment after this many bytes...
+    pub segment_bytes: u64,
+    /// ...or after it has been open this long.
+    pub segment_age: Duration,
+}
+
+impl LogOptions {
+    pub fn new(dir: PathBuf, lineage_db: PathBuf, store_root: PathBuf, host: String) -> Self {
+        LogOptions {
+            dir,
+            lineage_db,
+            store_root,
+            host,
+            queue: 65_536,
+            batch_wait: Duration::from_millis(100),
+            batch_max: 8_192,
+            segment_bytes: 64 << 20,
+            segment_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One answered request, as the handler hands it over.
+pub struct LogEvent {
+    pub id: uuid::Uuid,
+    pub time_ms: i64,
+    pub user: u64,
+    pub served: Arc<Served>,
+    pub config: Arc<str>,
+    pub route: Arc<str>,
+    pub status: &'static str,
+    pub latency_us: u32,
+    /// The response body: item ids joined by `,` (ids never hold a comma).
+    pub body: Bytes,
+}
+
+enum Msg {
+    Event(LogEvent),
+    /// Write what is queued, then acknowledge.
+    Flush(SyncSender<()>),
+    /// Close the open segment, then acknowledge.
+    Rotate(SyncSender<()>),
+    /// Write what is queued, close the segment, acknowledge and stop.
+    Shutdown(SyncSender<()>),
+}
+
+/// The sending side, shared by all handlers.
+pub struct RequestLog {
+    tx: SyncSender<Msg>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
+    dropped: Arc<AtomicU64>,
+    last_warn_ms: AtomicI64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl RequestLog {
+    /// Recover segments a crash left open, then start the writer thread.
+    pub fn start(opts: LogOptions, metrics: Arc<Metrics>) -> Result<RequestLog, LogError> {
+        fs::create_dir_all(&opts.dir).map_err(io("create", &opts.dir))?;
+        let db = LineageDb::open(&opts.lineage_db)?;
+        let store = LocalStore::open(&opts.store_root, "store")?;
+        for rec in recover(&opts.dir, &db, &store)? {
+            tracing::warn!("{rec}");
+        }
+        let (tx, rx) = sync_channel(opts.queue.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut w = Writer {
+            opts,
+            db,
+            store,
+            metrics: metrics.clone(),
+            seg: None,
+            dropped: dropped.clone(),
+            dropped_noted: 0,
+            served_cache: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("recsys-request-log".into())
+            .spawn(move || w.run(rx))
+            .map_err(io("start thread for", Path::new("request log")))?;
+        Ok(RequestLog {
+            tx,
+            thread: std::sync::Mutex::new(Some(thread)),
+            metrics,
+            dropped,
+            last_warn_ms: AtomicI64::new(0),
+        })
+    }
+
+    /// Queue an event; never blocks. A full queue drops it, counted.
+    pub fn log(&self, ev: LogEvent) {
+        match self.tx.try_send(Msg::Event(ev)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.log_dropped.inc();
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let now = now_ms();
+                let last = self.last_warn_ms.load(Ordering::Relaxed);
+                if now - last >= 1000
+                    && self
+                        .last_warn_ms
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        "request log queue full: {n} event(s) dropped so far (see recsys_request_log_dropped_total)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Write everything queued so far (blocking; not for request handlers).
+    pub fn flush(&self) {
+        self.control(Msg::Flush)
+    }
+
+    /// Close the open segment into the store (blocking).
+    pub fn rotate(&self) {
+        self.control(Msg::Rotate)
+    }
+
+    fn control(&self, make: fn(SyncSender<()>) -> Msg) {
+        let (ack_tx, ack_rx) = sync_channel(1);
+        if self.tx.send(make(ack_tx)).is_ok() {
+            let _ = ack_rx.recv();
+        }
+    }
+
+    /// Write what is queued, close the segment into the store and stop the
+    /// writer (blocking). Events logged afterwards are dropped, counted.
+    pub fn close(&self) {
+        let t = match self.thread.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(t) = t {
+            self.control(Msg::Shutdown);
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct OpenSegment {
+    name: String,
+    host: String,
+    opened: i64,
+    started: Instant,
+    path: PathBuf,
+    file: File,
+    bytes: u64,
+}
+
+impl OpenSegment {
+    fn seg_ref(&self) -> SegmentRef<'_> {
+        SegmentRef {
+            name: &self.name,
+            host: &self.host,
+            opened: self.opened,
+        }
+    }
+}
+
+struct Writer {
+    opts: LogOptions,
+    db: LineageDb,
+    store: LocalStore,
+    metrics: Arc<Metrics>,
+    seg: Option<OpenSegment>,
+    dropped: Arc<AtomicU64>,
+    dropped_noted: u64,
+    /// `ServedBy` per (model, config) seen recently, by address, with its
+    /// JSON fields pre-rendered (they repeat on every line).
+    served_cache: Vec<(usize, usize, ServedBy, String)>,
+}
+
+/// Append a JSON string (quoted, escaped).
+fn push_json_str(buf: &mut Vec<u8>, s: &str) {
+    // Serialising a &str cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+/// `"model":..,"model_digest":..,...` for a line: the fields of `ServedBy`.
+fn served_fields(s: &ServedBy) -> String {
+    let v = serde_json::to_value(s).unwrap_or_default();
+    let obj = v.to_string();
+    // `{...}` without the braces.
+    obj.get(1..obj.len().saturating_sub(1))
+        .unwrap_or("")
+        .to_string()
+}
+
+impl Writer {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        let mut batch: Vec<LogEvent> = Vec::new();
+        loop {
+            let tick = Duration::from_millis(250);
+            let mut ack: Option<(SyncSender<()>, bool)> = None;
+            let mut closed = false;
+            match rx.recv_timeout(tick) {
+                Ok(Msg::Event(ev)) => {
+                    batch.push(ev);
+                    let deadline = Instant::now() + self.opts.batch_wait;
+                    while batch.len() < self.opts.batch_max {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(Msg::Event(ev)) => batch.push(ev),
+                            Ok(Msg::Flush(a)) => {
+                                ack = Some((a, false));
+                                break;
+                            }
+                            Ok(Msg::Rotate(a)) => {
+                                ack = Some((a, true));
+                                break;
+                            }
+                            Ok(Msg::Shutdown(a)) => {
+                                ack = Some((a, true));
+                                closed = true;
+                                break;
+                            }
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => {
+                                closed = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(Msg::Flush(a)) => ack = Some((a, false)),
+                Ok(Msg::Rotate(a)) => ack = Some((a, true)),
+                Ok(Msg::Shutdown(a)) => {
+                    ack = Some((a, true));
+                    closed = true;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => closed = true,
+            }
+            if ack.is_some() || closed {
+                // Everything queued before the request counts as before it.
+                while let Ok(m) = rx.try_recv() {
+                    match m {
+                        Msg::Event(ev) => batch.push(ev),
+                        Msg::Flush(a) | Msg::Rotate(a) | Msg::Shutdown(a) => {
+                            let _ = a.send(());
+                        }
+                    }
+                }
+            }
+            if !batch.is_empty() || self.dropped.load(Ordering::Relaxed) != self.dropped_noted {
+                self.write(&batch);
+                batch.clear();
+            }
+            let rotate = matches!(ack, Some((_, true)))
+                || closed
+                || self.seg.as_ref().is_some_and(|s| {
+                    s.bytes >= self.opts.segment_bytes
+                        || s.started.elapsed() >= self.opts.segment_age
+                });
+            if rotate && let Some(seg) = self.seg.take() {
+                match close_segment(seg, &self.db, &self.store) {
+                    Ok(d) => tracing::info!("request log segment closed as object {d}"),
+                    Err(e) => {
+                        self.metrics.log_errors.inc();
+                        tracing::error!("closing request log segment: {e}");
+                    }
+                }
+            }
+            if let Some((a, _)) = ack {
+                let _ = a.send(());
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    fn served_by(&mut self, ev: &LogEvent) -> usize {
+        let key = (
+            Arc::as_ptr(&ev.served) as usize,
+            ev.config.as_ptr() as usize,
+        );
+        if let Some(i) = self
+            .served_cache
+            .iter()
+            .position(|(a, b, _, _)| (*a, *b) == key)
+        {
+            return i;
+        }
+        if self.served_cache.len() > 64 {
+            self.served_cache.clear();
+        }
+        let by = ev.served.served_by(&ev.config);
+        let fields = served_fields(&by);
+        self.served_cache.push((key.0, key.1, by, fields));
+        self.served_cache.len() - 1
+    }
+
+    /// Append a batch to the open segment (opening one if needed), sync,
+    /// then index it. Errors are counted and logged; the server goes on.
+    fn write(&mut self, batch: &[LogEvent]) {
+        if let Err(e) = self.try_write(batch) {
+            self.metrics.log_errors.inc();
+            tracing::error!("request log: {e}");
+        }
+    }
+
+    fn try_write(&mut self, batch: &[LogEvent]) -> Result<(), LogError> {
+        if self.seg.is_none() {
+            self.seg = Some(open_segment(&self.opts)?);
+        }
+        let ids: Vec<String> = batch
+            .iter()
+            .map(|e| e.id.hyphenated().to_string())
+            .collect();
+        let served_idx: Vec<usize> = batch.iter().map(|e| self.served_by(e)).collect();
+        let bodies: Vec<&str> = batch
+            .iter()
+            .map(|e| std::str::from_utf8(&e.body).unwrap_or(""))
+            .collect();
+        let mut buf = Vec::with_capacity(batch.len() * 700);
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped != self.dropped_noted {
+            let note = serde_json::json!({"recsys_log_dropped": dropped - self.dropped_noted, "time": now_ms()});
+            buf.extend_from_slice(note.to_string().as_bytes());
+            buf.push(b'\n');
+            self.dropped_noted = dropped;
+        }
+        for (i, e) in batch.iter().enumerate() {
+            // Same fields as `RequestRecord`, written by hand: this runs
+            // for every answer and serde's `flatten` is slow.
+            buf.extend_from_slice(b"{\"id\":\"");
+            buf.extend_from_slice(ids[i].as_bytes());
+            buf.extend_from_slice(
+                format!("\",\"time\":{},\"user\":{},", e.time_ms, e.user).as_bytes(),
+            );
+            buf.extend_from_slice(self.served_cache[served_idx[i]].3.as_bytes());
+            buf.extend_from_slice(b",\"route\":");
+            push_json_str(&mut buf, &e.route);
+            buf.extend_from_slice(b",\"status\":");
+            push_json_str(&mut buf, e.status);
+            buf.extend_from_slice(
+                format!(",\"latency_us\":{},\"items\":[", e.latency_us).as_bytes(),
+            );
+            if !bodies[i].is_empty() {
+                for (j, item) in bodies[i].split(',').enumerate() {
+                    if j > 0 {
+                        buf.push(b',');
+                    }
+                    push_json_str(&mut buf, item);
+                }
+            }
+            buf.extend_from_slice(b"]}\n");
+        }
+        let Some(seg) = self.seg.as_mut() else {
+            return Ok(());
+        };
+        seg.file
+            .write_all(&buf)
+            .map_err(io("append to", &seg.path))?;
+        seg.file.sync_data().map_err(io("sync", &seg.path))?;
+        seg.bytes += buf.len() as u64;
+        self.metrics.log_written.inc_by(batch.len() as u64);
+        let rows: Vec<RequestRow<'_>> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, e)| RequestRow {
+                id: &ids[i],
+                time: e.time_ms,
+                user: e.user as i64,
+                served: &self.served_cache[served_idx[i]].2,
+                route: &e.route,
+                status: e.status,
+                latency_us: i64::from(e.latency_us),
+                items: bodies[i],
+            })
+            .collect();
+        if !rows.is_empty() {
+            self.db.insert_requests(&seg.seg_ref(), &rows)?;
+        }
+        Ok(())
+    }
+}
+
+fn open_segment(opts: &LogOptions) -> Result<OpenSegment, LogError> {
+    let name = format!("seg-{}", uuid::Uuid::now_v7().hyphenated());
+    let path = opts.dir.join(format!("open-{name}.jsonl"));
+    let opened = now_ms();
+    let header = SegmentHeader {
+        recsys_log_segment: SEGMENT_FORMAT,
+        name: name.clone(),
+        host: opts.host.clone(),
+        opened,
+    };
+    let mut line = serde_json::to_vec(&header).unwrap_or_default();
+    line.push(b'\n');
+    debug_assert!(line.starts_with(SEGMENT_MAGIC));
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(io("create", &path))?;
+    file.write_all(&line).map_err(io("write", &path))?;
+    file.sync_all().map_err(io("sync", &path))?;
+    if let Ok(d) = File::open(&opts.dir) {
+        let _ = d.sync_all();
+    }
+    Ok(OpenSegment {
+        name,
+        host: opts.host.clone(),
+        opened,
+        started: Instant::now(),
+        bytes: line.len() as u64,
+        path,
+        file,
+    })
+}
+
+/// Store a segment's bytes as an object, mark it closed, remove the file.
+fn close_segment(seg: OpenSegment, db: &LineageDb, store: &LocalStore) -> Result<Digest, LogError> {
+    seg.file.sync_all().map_err(io("sync", &seg.path))?;
+    let bytes = fs::read(&seg.path).map_err(io("read", &seg.path))?;
+    let digest = crate::store::put_bytes(store, &bytes)?;
+    db.close_segment(&seg.seg_ref(), now_ms(), &digest.hex())?;
+    fs::remove_file(&seg.path).map_err(io("remove", &seg.path))?;
+    Ok(digest)
+}
+
+/// Close segments a crashed server left open: cut a torn last line,
+/// re-index every line (the last batch may have missed the index), store
+/// the bytes, remove the file. Returns one message per segment recovered.
+pub fn recover(dir: &Path, db: &LineageDb, store: &LocalStore) -> Result<Vec<String>, LogError> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io("list", dir)(e)),
+    };
+    let mut files: Vec<PathBuf> = Vec::new();
+    for e in rd {
+        let e = e.map_err(io("list", dir))?;
+        let n = e.file_name().to_string_lossy().to_string();
+        if n.starts_with("open-") && n.ends_with(".jsonl") {
+            files.push(e.path());
+        }
+    }
+    files.sort();
+    for p in files {
+        let mut bytes = fs::read(&p).map_err(io("read", &p))?;
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let torn = bytes.len() - whole;
+        bytes.truncate(whole);
+        let label = p.display().to_string();
+        let seg = match parse_segment(&label, &bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                // Not even a whole header: nothing was logged in it.
+                let aside = p.with_extension("unreadable");
+                fs::rename(&p, &aside).map_err(io("set aside", &p))?;
+                out.push(format!("{e}; set aside as {}", aside.display()));
+                continue;
+            }
+        };
+        let digest = crate::store::put_bytes(store, &bytes)?;
+        index_segment(db, &seg, Some((now_ms(), &digest.hex())))?;
+        fs::remove_file(&p).map_err(io("remove", &p))?;
+        out.push(format!(
+            "recovered request log segment {} left open by a crash: {} request(s){}, stored as {digest}",
+            seg.header.name,
+            seg.records.len(),
+            if torn > 0 {
+                format!(", a torn last line of {torn} byte(s) cut")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    Ok(out)
+}
