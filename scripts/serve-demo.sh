@@ -6,13 +6,16 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 demo="${RECSYS_DEMO:-$HOME/recsys-serve-demo}"
 port="${RECSYS_PORT:-8082}"
+"$repo/scripts/setup.sh"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/recsys-target}"
+echo "== building recsys (release; the first build takes a few minutes)"
 cargo build --release --locked --manifest-path "$repo/Cargo.toml"
 recsys="$CARGO_TARGET_DIR/release/recsys"
 ml="$("$repo/scripts/fetch-movielens.sh")"
 rm -rf "$demo" && mkdir -p "$demo" && cd "$demo"
 git init -q -b main . && git config user.email demo@recsys.local && git config user.name "recsys demo"
 "$recsys" init
+git add -A && git commit -qm "recsys init"
 "$recsys" import movielens "$ml"
 "$recsys" train --dataset dataset_1 --algo als
 "$recsys" train --dataset dataset_1 --algo als --factors 64 --seed 7

@@ -48,6 +48,11 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         super::print_json(&r)?;
         return Ok(ExitCode::SUCCESS);
     }
+    report(ctx, &r);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn report(ctx: &Ctx, r: &pipeline::EvalReport) {
     let on = match r.mode {
         Mode::Holdout => format!("the held-out part of {}", r.dataset),
         Mode::Forward => format!("all of {}", r.dataset),
@@ -86,5 +91,4 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     };
     ctx.say(row(&r.model, r.rmse, &own));
     ctx.say(row("popularity", r.baseline.rmse, &r.baseline));
-    Ok(ExitCode::SUCCESS)
 }

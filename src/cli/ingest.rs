@@ -27,11 +27,23 @@ use crate::ingest::{
 /// --allow-drift.
 #[derive(clap::Args, Debug)]
 #[command(
-    group(clap::ArgGroup::new("stop").required(true).multiple(true).args(["minutes", "max_messages"])),
-    group(clap::ArgGroup::new("user_source").args(["users", "user_api"])),
     after_help = "Examples:\n  recsys ingest --brokers localhost:9092 --topic movielog1 --minutes 15\n  recsys ingest --brokers localhost:9092 --topic movielog1 --max-messages 100000 \\\n      --user-api http://localhost:8080/user/ --json"
 )]
 pub struct Args {
+    #[command(flatten)]
+    source: Source,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where and how long to consume; shared with `recsys pipeline`.
+#[derive(clap::Args, Debug)]
+#[command(
+    group(clap::ArgGroup::new("stop").required(true).multiple(true).args(["minutes", "max_messages"])),
+    group(clap::ArgGroup::new("user_source").args(["users", "user_api"])),
+)]
+pub struct Source {
     /// Kafka bootstrap servers, host:port[,host:port...].
     #[arg(long)]
     brokers: String,
@@ -56,9 +68,6 @@ pub struct Args {
     /// Record the dataset even when drift is severe.
     #[arg(long)]
     allow_drift: bool,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 fn parse_minutes(s: &str) -> Result<f64, String> {
@@ -77,26 +86,34 @@ fn crash_hook(stage: Stage) {
     }
 }
 
+impl Source {
+    pub fn options(&self) -> IngestOptions {
+        let a = self;
+        let mut opts = IngestOptions::new(
+            &a.brokers,
+            &a.topic,
+            Stop {
+                max_messages: a.max_messages,
+                duration: a.minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
+            },
+        );
+        opts.group = a.group.clone();
+        opts.allow_drift = a.allow_drift;
+        opts.users = match (&a.users, &a.user_api) {
+            (Some(f), _) => UserSource::File(f.clone()),
+            (None, Some(u)) => UserSource::Api(u.clone()),
+            (None, None) => UserSource::None,
+        };
+        if std::env::var_os("RECSYS_CRASH_AT").is_some() {
+            opts.stage_hook = Some(crash_hook);
+        }
+        opts
+    }
+}
+
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let ws = ctx.open()?;
-    let mut opts = IngestOptions::new(
-        &a.brokers,
-        &a.topic,
-        Stop {
-            max_messages: a.max_messages,
-            duration: a.minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
-        },
-    );
-    opts.group = a.group;
-    opts.allow_drift = a.allow_drift;
-    opts.users = match (a.users, a.user_api) {
-        (Some(f), _) => UserSource::File(f),
-        (None, Some(u)) => UserSource::Api(u),
-        (None, None) => UserSource::None,
-    };
-    if std::env::var_os("RECSYS_CRASH_AT").is_some() {
-        opts.stage_hook = Some(crash_hook);
-    }
+    let opts = a.source.options();
     let bar = ctx.progress();
     match ingest::run(&ws, &opts, &bar) {
         Ok(r) => {
@@ -136,7 +153,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn print_report(r: &IngestReport) {
+pub(crate) fn print_report(r: &IngestReport) {
     println!(
         "ingested {} messages from {} into {} ({}) in {:.1}s",
         r.messages,
@@ -177,7 +194,7 @@ fn print_report(r: &IngestReport) {
     println!("track it in git:  git add {}.recsys && git commit", r.path);
 }
 
-fn print_quality(q: &QualityReport) {
+pub(crate) fn print_quality(q: &QualityReport) {
     let viol: Vec<String> = q
         .schema_violations
         .iter()

@@ -17,6 +17,7 @@ mod ingest;
 mod init;
 mod lineage;
 mod ls;
+mod pipeline;
 mod remote;
 mod replay;
 mod reproduce;
@@ -76,6 +77,7 @@ enum Command {
     Reproduce(reproduce::Args),
     Ingest(ingest::Args),
     Replay(replay::Args),
+    Pipeline(pipeline::Args),
     Serve(serve::Args),
     Config(config::Args),
 }
@@ -237,6 +239,7 @@ pub fn main() -> ExitCode {
         Command::Reproduce(a) => reproduce::run(a, &ctx),
         Command::Ingest(a) => ingest::run(a, &ctx),
         Command::Replay(a) => replay::run(a, &ctx),
+        Command::Pipeline(a) => pipeline::run(a, &ctx),
         Command::Serve(a) => serve::run(a, &ctx),
         Command::Config(a) => config::run(a, &ctx),
     };

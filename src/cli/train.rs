@@ -39,6 +39,16 @@ pub struct Args {
     /// The dataset: version name, digest (prefix) or path.
     #[arg(long)]
     dataset: String,
+    #[command(flatten)]
+    flags: Flags,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Algorithm, parameters and split; shared with `recsys pipeline`.
+#[derive(clap::Args, Debug)]
+pub struct Flags {
     #[arg(long, value_enum, default_value = "als")]
     algo: AlgoArg,
     /// Latent factors (svd, als).
@@ -58,35 +68,44 @@ pub struct Args {
     /// Share of events held out for testing, between 0 and 1.
     #[arg(long, default_value_t = DEFAULT_TEST_FRACTION)]
     test_fraction: f64,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
+}
+
+impl Flags {
+    pub fn options(&self, dataset: &str) -> TrainOptions {
+        let a = self;
+        TrainOptions {
+            dataset: dataset.to_string(),
+            algo: match a.algo {
+                AlgoArg::Als => Algo::Als,
+                AlgoArg::Svd => Algo::Svd,
+                AlgoArg::Popularity => Algo::Popularity,
+            },
+            factors: a.factors,
+            epochs: a.epochs,
+            reg: a.reg,
+            seed: a.seed,
+            split: match a.split {
+                SplitArg::Time => SplitKind::Time,
+                SplitArg::Random => SplitKind::Random,
+            },
+            test_fraction: a.test_fraction,
+        }
+    }
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let ws = ctx.open()?;
-    let o = TrainOptions {
-        dataset: a.dataset,
-        algo: match a.algo {
-            AlgoArg::Als => Algo::Als,
-            AlgoArg::Svd => Algo::Svd,
-            AlgoArg::Popularity => Algo::Popularity,
-        },
-        factors: a.factors,
-        epochs: a.epochs,
-        reg: a.reg,
-        seed: a.seed,
-        split: match a.split {
-            SplitArg::Time => SplitKind::Time,
-            SplitArg::Random => SplitKind::Random,
-        },
-        test_fraction: a.test_fraction,
-    };
+    let o = a.flags.options(&a.dataset);
     let r = pipeline::train(&ws, &o, &ctx.progress())?;
     if a.json {
         super::print_json(&r)?;
         return Ok(ExitCode::SUCCESS);
     }
+    report(ctx, &r);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn report(ctx: &Ctx, r: &pipeline::TrainReport) {
     let s = &r.settings;
     ctx.say(format!(
         "trained {} on {} ({} users, {} items; train {} / test {} events, {} split {}, seed {}) in {:.2} s",
@@ -114,5 +133,4 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         "next:  recsys evaluate --model {}   (git add {}.recsys models/.gitignore)",
         r.model, r.path
     ));
-    Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@
 
 mod evaluate;
 mod import;
+mod promote;
 mod reproduce;
 mod train;
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use evaluate::{EvalReport, EvaluateOptions, Mode, evaluate, latest_evaluation};
 pub use import::{ImportReport, import_movielens};
+pub use promote::{Promotion, check_promotable, promote_if_better};
 pub use reproduce::{ReproduceReport, reproduce};
 pub use train::{
     DEFAULT_SEED, DEFAULT_TEST_FRACTION, TrainOptions, TrainReport, TrainSettings, train,

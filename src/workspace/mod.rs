@@ -435,7 +435,7 @@ fn normalize(p: &Path) -> PathBuf {
 
 /// Write a small file atomically and durably: temp file beside it, fsync,
 /// rename, fsync the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".recsys-tmp-")

@@ -778,3 +778,124 @@ fn user_attributes_from_a_file_and_from_the_api_once_per_user() {
     );
     assert!(err.contains("bad.jsonl:1: not a user record"), "{err}");
 }
+
+/// Ratings with a learnable structure: users and movies fall in two taste
+/// groups; a user rates movies of their own group high.
+fn taste_batch(users: std::ops::Range<u64>, day: u32) -> Vec<(i32, Option<String>)> {
+    let mut out = Vec::new();
+    let mut sec = 0u32;
+    for u in users {
+        for m in 0..24u64 {
+            if (u * 7 + m * 3) % 5 == 0 {
+                continue; // leave some pairs unseen
+            }
+            let rating = if u % 2 == m % 2 { 5 } else { 1 };
+            let movie = format!("movie+{m}+1999");
+            out.push((0, Some(watch(u, &movie, sec % 3000))));
+            out.push((
+                0,
+                Some(
+                    rate(u, &movie, rating, sec)
+                        .replace("2024-03-01", &format!("2024-03-{day:02}")),
+                ),
+            ));
+            sec += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn pipeline_ingests_trains_evaluates_registers_and_promotes_only_a_better_model() {
+    let env = Env::new();
+    let (_c, brokers) = cluster(1);
+    let a = taste_batch(1..41, 1);
+    produce(&brokers, TOPIC, &a);
+    let n = a.len().to_string();
+    let base = [
+        "pipeline",
+        "--brokers",
+        &brokers,
+        "--topic",
+        TOPIC,
+        "--max-messages",
+        &n,
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--json"]);
+    let first = env.json(&args);
+    assert_eq!(first["dataset"], "dataset_1");
+    assert_eq!(first["model"], "model_v1");
+    assert_eq!(first["ingest"]["messages"], a.len());
+    assert_eq!(first["evaluate"]["mode"], "holdout");
+    assert!(first["evaluate"]["precision_at_10"].is_number());
+    assert!(first["promotion"].is_null(), "no --promote, no promotion");
+    // The chain is in lineage: model <- train <- dataset <- ingest (offsets).
+    let l = env.json(&["lineage", "model_v1", "--json"]);
+    assert_eq!(l["inputs"][0]["name"], "dataset_1");
+    let d = env.json(&["lineage", "dataset_1", "--json"]);
+    assert_eq!(d["run"]["kind"], "ingest");
+    assert!(
+        d["run"]["source"].to_string().contains(TOPIC),
+        "{}",
+        d["run"]["source"]
+    );
+
+    // A broken serving config is never touched.
+    env.write("config.json", "{ not json");
+    let b = taste_batch(41..81, 2);
+    produce(&brokers, TOPIC, &b);
+    let n2 = b.len().to_string();
+    let second = [
+        "pipeline",
+        "--brokers",
+        &brokers,
+        "--topic",
+        TOPIC,
+        "--max-messages",
+        &n2,
+        "--allow-drift",
+        "--promote",
+    ];
+    let err = env.fails(2, &second);
+    assert!(err.contains("config.json is invalid"), "{err}");
+    assert_eq!(env.read("config.json"), b"{ not json");
+    assert!(
+        !env.path("data/dataset_2").exists(),
+        "refused before consuming"
+    );
+
+    // With a valid config the decision follows the scores it reports.
+    env.write("config.json", r#"{"default": "model_v1"}"#);
+    let c = taste_batch(81..121, 3);
+    produce(&brokers, TOPIC, &c);
+    let n3 = c.len().to_string();
+    let mut third = vec![
+        "pipeline",
+        "--brokers",
+        &brokers,
+        "--topic",
+        TOPIC,
+        "--max-messages",
+        &n3,
+        "--allow-drift",
+        "--promote",
+        "--json",
+    ];
+    third.extend(["--algo", "als"]);
+    let r = env.json(&third);
+    let p = &r["promotion"];
+    let new_model = r["model"].as_str().expect("model").to_string();
+    let cand = p["candidate_score"].as_f64().expect("candidate score");
+    let served = p["served_score"].as_f64().expect("served score");
+    assert_eq!(p["served"], "model_v1");
+    let cfg: serde_json::Value = serde_json::from_slice(&env.read("config.json")).unwrap();
+    if cand > served {
+        assert_eq!(p["promoted"], true);
+        assert_eq!(cfg["default"], new_model.as_str());
+    } else {
+        assert_eq!(p["promoted"], false);
+        assert_eq!(cfg["default"], "model_v1");
+    }
+    env.ok(&["config", "check"]);
+}

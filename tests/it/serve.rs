@@ -716,7 +716,7 @@ fn sigterm_finishes_requests_and_flushes_the_log_then_lineage_explains_them() {
         "{restore:?}"
     );
     assert!(
-        restore.iter().any(|c| *c == "recsys checkout dataset_1"),
+        restore.contains(&"recsys checkout dataset_1"),
         "{restore:?}"
     );
     let text = p.env.ok(&["lineage", &ids[0]]);
