@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start serving on the embedded default from a fresh clone: fetch MovieLens
-# 100K, import it, train two ALS models with different parameters, write the
+# 100K, import it, train two ALS models with different parameters (random
+# split, so every user has training data), write the
 # 1:1 config, serve on 8082. Ctrl-C stops (the request log is flushed).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -17,8 +18,8 @@ git init -q -b main . && git config user.email demo@recsys.local && git config u
 "$recsys" init
 git add -A && git commit -qm "recsys init"
 "$recsys" import movielens "$ml"
-"$recsys" train --dataset dataset_1 --algo als
-"$recsys" train --dataset dataset_1 --algo als --factors 64 --seed 7
+"$recsys" train --dataset dataset_1 --algo als --split random
+"$recsys" train --dataset dataset_1 --algo als --split random --factors 64 --seed 7
 cp "$repo/config.json" config.json
 "$recsys" config check
 git add -A && git commit -qm "MovieLens 100K, two models, 1:1 config"
