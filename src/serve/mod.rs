@@ -103,6 +103,10 @@ impl Server {
             ws.root().join(&opts.config)
         };
         let metrics = Arc::new(Metrics::new());
+        // Stamped before loading: a change made from here on is a change
+        // the watcher must see (taking it later, in the watcher thread,
+        // raced with a config edited right after start).
+        let config_stamp = deploy::stamp(&config);
         let dep =
             deploy::load(&ws, &config, &[], &metrics).map_err(|source| ServeError::Deploy {
                 config: config.clone(),
@@ -139,13 +143,19 @@ impl Server {
             dep.config_digest.short(),
             dep.model_names().join(", ")
         );
+        let initial = Fingerprint {
+            config: config_stamp,
+            models: deploy::model_fingerprint(&ws, &dep.model_names())
+                .into_iter()
+                .collect(),
+        };
         let state = Arc::new(AppState::new(Some(dep), metrics, log));
         let (stop, stop_rx) = channel();
         let w_state = state.clone();
         let poll = opts.poll;
         let watcher = std::thread::Builder::new()
             .name("recsys-config-watcher".into())
-            .spawn(move || watch(ws, config, poll, w_state, stop_rx))
+            .spawn(move || watch(ws, config, poll, initial, w_state, stop_rx))
             .map_err(ServeError::Thread)?;
         Ok(Server {
             state,
@@ -223,6 +233,7 @@ fn watch(
     ws: Workspace,
     config: PathBuf,
     poll: Duration,
+    mut last: Fingerprint,
     state: Arc<AppState>,
     stop: std::sync::mpsc::Receiver<()>,
 ) {
@@ -233,7 +244,6 @@ fn watch(
             .map(|d| d.model_names())
             .unwrap_or_default()
     };
-    let mut last = Fingerprint::of(&ws, &config, &serving(&state));
     loop {
         match stop.recv_timeout(poll) {
             Err(RecvTimeoutError::Timeout) => {}

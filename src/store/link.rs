@@ -79,7 +79,15 @@ pub fn materialize(
 }
 
 fn copy(object: &Path, dst: &Path, mode: u32) -> std::io::Result<()> {
-    // std::fs::copy uses copy_file_range and copies the 0444 mode bits.
-    fs::copy(object, dst)?;
-    fs::set_permissions(dst, fs::Permissions::from_mode(mode))
+    use std::os::unix::fs::OpenOptionsExt;
+    // Created with its final mode (not the object's 0444), so no chmod;
+    // io::copy between files uses copy_file_range.
+    let mut src = fs::File::open(object)?;
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(dst)?;
+    std::io::copy(&mut src, &mut out)?;
+    Ok(())
 }

@@ -4,8 +4,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-
 use super::scan::{Scan, digest_of};
 use super::{IoCtx, Pointer, Result, Workspace, WorkspaceError};
 use crate::progress::Progress;
@@ -282,7 +280,8 @@ impl Workspace {
             let d = dir.join(s);
             fs::create_dir_all(&d).ctx("create", &d)?;
         }
-        entries.par_iter().try_for_each(|e| -> Result<()> {
+        // Sequential: parallel creates in one directory contend on its lock.
+        entries.iter().try_for_each(|e| -> Result<()> {
             let dst = dir.join(&e.path);
             materialize(&objects[&e.digest], &dst, link, e.mode == 0o755).ctx("create", &dst)?;
             progress.advance(e.size);
@@ -328,7 +327,7 @@ impl Workspace {
                     .is_none_or(|f| f.digest != Some(e.digest) || f.mode != e.mode)
             })
             .collect();
-        todo.par_iter().try_for_each(|e| -> Result<()> {
+        todo.iter().try_for_each(|e| -> Result<()> {
             let dst = abs.join(&e.path);
             crate::paths::check_no_symlink_ancestors(abs, &dst).map_err(|source| {
                 WorkspaceError::Path {

@@ -99,6 +99,14 @@ impl Env {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: bad JSON {e}: {out}"))
     }
 
+    /// `recsys remote add origin <tmp>/remote --default`; returns the path.
+    pub fn add_origin(&self) -> PathBuf {
+        let remote = self.tmp.path().join("remote");
+        let url = remote.to_str().expect("utf-8 temp path");
+        self.ok(&["remote", "add", "origin", url, "--default"]);
+        remote
+    }
+
     /// Run git with a fixed identity and dates.
     pub fn git(&self, args: &[&str]) -> String {
         let o = Command::new("git")

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::common::{Env, bin};
 
-const GENRE_FLAGS: usize = 19;
+const GENRE_FLAGS: usize = recsys::movielens::GENRES.len();
 
 /// Item id, classic title (Latin-1 bytes), RecBole title, year, genre flags.
 type Item = (u32, &'static [u8], &'static str, u32, &'static [usize]);
@@ -39,27 +39,6 @@ const ITEMS: [Item; 4] = [
         1994,
         &[3, 4, 12],
     ),
-];
-const GENRE_NAMES: [&str; GENRE_FLAGS] = [
-    "unknown",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
 ];
 /// (user, item, rating, unix seconds).
 const RATINGS: [(u32, u32, u32, i64); 6] = [
@@ -121,7 +100,10 @@ fn recbole_fixture(dir: &Path) {
     let mut items =
         String::from("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n");
     for (id, _, title, year, genres) in ITEMS {
-        let names: Vec<&str> = genres.iter().map(|&g| GENRE_NAMES[g]).collect();
+        let names: Vec<&str> = genres
+            .iter()
+            .map(|&g| recsys::movielens::GENRES[g])
+            .collect();
         writeln!(items, "{id}\t{title}\t{year}\t{}", names.join(" ")).expect("fmt");
     }
     write(dir, "ml-100k.item", items.as_bytes());

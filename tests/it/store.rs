@@ -263,14 +263,7 @@ fn status_reports_each_state_and_exit_code() {
     // Missing from the store, and not pushed.
     let digest = pointer_field(&env, "data/a.csv.recsys", "digest");
     fs::remove_file(object_path(&env, &digest)).unwrap();
-    let remote = env.tmp.path().join("remote");
-    env.ok(&[
-        "remote",
-        "add",
-        "origin",
-        remote.to_str().unwrap(),
-        "--default",
-    ]);
+    env.add_origin();
     let st = env.json(&["status", "data/a.csv", "--json"]);
     assert_eq!(st[0]["store"], "missing");
     assert_eq!(st[0]["remote"], "not-pushed");
@@ -467,14 +460,7 @@ fn remotes_redact_credentials_and_validate() {
 #[test]
 fn push_pull_round_trip_into_a_fresh_clone_with_lineage() {
     let env = Env::new();
-    let remote = env.tmp.path().join("remote");
-    env.ok(&[
-        "remote",
-        "add",
-        "origin",
-        remote.to_str().unwrap(),
-        "--default",
-    ]);
+    let remote = env.add_origin();
     env.write("data/a.csv", "alpha");
     for i in 0..50 {
         env.write(&format!("data/d/f{i}"), format!("file {i}"));
@@ -544,14 +530,7 @@ fn push_pull_round_trip_into_a_fresh_clone_with_lineage() {
 #[test]
 fn pull_reports_name_conflicts_instead_of_merging() {
     let a = Env::new();
-    let remote = a.tmp.path().join("remote");
-    a.ok(&[
-        "remote",
-        "add",
-        "origin",
-        remote.to_str().unwrap(),
-        "--default",
-    ]);
+    let remote = a.add_origin();
     a.write("data/x.csv", "from A");
     a.ok(&["add", "data/x.csv", "--kind", "dataset"]);
     a.commit("A");
@@ -610,14 +589,7 @@ fn corrupt_objects_are_reported_and_never_materialised() {
     assert!(!env.path("data/a.csv").exists(), "nothing materialised");
 
     // A remote with a corrupt object: pull refuses it.
-    let remote = env.tmp.path().join("remote");
-    env.ok(&[
-        "remote",
-        "add",
-        "origin",
-        remote.to_str().unwrap(),
-        "--default",
-    ]);
+    let remote = env.add_origin();
     let err = env.fails(2, &["push"]);
     assert!(err.contains(&digest[..12]) || err.contains("hash"), "{err}");
     fs::remove_file(&obj).unwrap();
@@ -954,14 +926,7 @@ fn kill_9_during_add_push_and_checkout_leaves_a_consistent_store() {
     pointers_resolve(&env);
     env.ok(&["audit"]);
 
-    let remote = env.tmp.path().join("remote");
-    env.ok(&[
-        "remote",
-        "add",
-        "origin",
-        remote.to_str().unwrap(),
-        "--default",
-    ]);
+    let remote = env.add_origin();
     kill_at_intervals(&env, &["push"], &|_| assert_store_consistent(&remote));
     env.ok(&["push"]);
     assert_store_consistent(&remote);
