@@ -81,6 +81,10 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
     let rt = rt.build().context("start the async runtime")?;
     rt.block_on(async move {
+        // Install the signal handlers before announcing the port: a SIGTERM
+        // that arrives right after the announcement must shut down
+        // gracefully, not kill the process with the default action.
+        let shutdown = shutdown_signal()?;
         let addr = SocketAddr::new(a.bind, a.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -98,31 +102,24 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         ));
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        server.run(listener, shutdown_signal()).await?;
+        server.run(listener, shutdown).await?;
         anyhow::Ok(())
     })?;
     ctx.say("recsys serve: stopped; request log flushed");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers SIGINT and SIGTERM now; the returned future resolves on
+/// the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: finishing requests in flight");
+        tracing::info!("shutting down: finishing requests in flight");
+    })
 }
