@@ -898,7 +898,10 @@ fn config_check_reports_every_problem_with_its_path() {
 
 #[test]
 fn the_shipped_config_splits_model_v1_and_model_v2() {
-    let shipped = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/config.json"))
+    // Read at run time: a compile-time path would point into whichever
+    // clone first built this test in a shared target directory.
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
+    let shipped = std::fs::read(std::path::Path::new(&root).join("config.json"))
         .expect("config.json at the repository root");
     let cfg = recsys::serve::parse_config(&shipped).expect("valid");
     assert_eq!(cfg.models(), vec!["model_v1", "model_v2"]);
