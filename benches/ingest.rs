@@ -27,30 +27,9 @@ const TOPIC: &str = "movielog1";
 /// messages with room to spare.
 const PARTITIONS: i32 = 32;
 
-const TITLES: &[&str] = &[
-    "the+lord+of+the+rings+the+two+towers+2002",
-    "toy+story+1995",
-    "the+good_+the+bad+and+the+ugly+1966",
-    "spider-man+2002",
-    "am%C3%A9lie+2001",
-    "the+shawshank+redemption+1994",
-    "mr.+hollands+opus+1995",
-    "star+wars+episode+iv+-+a+new+hope+1977",
-    "pulp+fiction+1994",
-    "the+matrix",
-];
-
-/// xorshift64*: deterministic, so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
+#[path = "common/gen.rs"]
+mod generator;
+use generator::{Rng, TITLES};
 
 /// Line `i`: 85% watch, 10% rate, 4.9% recommendation, 0.1% malformed.
 fn line(i: u64, rng: &mut Rng) -> String {

@@ -13,34 +13,9 @@ use recsys::stream::{Event, parse_line};
 const LINES: usize = 2_000_000;
 const ROUNDS: usize = 5;
 
-const TITLES: &[&str] = &[
-    "the+lord+of+the+rings+the+two+towers+2002",
-    "toy+story+1995",
-    "the+good_+the+bad+and+the+ugly+1966",
-    "spider-man+2002",
-    "am%C3%A9lie+2001",
-    "the+shawshank+redemption+1994",
-    "mr.+hollands+opus+1995",
-    "star+wars+episode+iv+-+a+new+hope+1977",
-    "pulp+fiction+1994",
-    "the+matrix",
-];
-
-/// A small deterministic generator (xorshift64*), so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+#[path = "common/gen.rs"]
+mod generator;
+use generator::{Rng, TITLES};
 
 fn generate() -> String {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
