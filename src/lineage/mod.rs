@@ -19,7 +19,7 @@ pub use run::{ArtifactRef, CodeVersion, RunRecord};
 
 use crate::store::Digest;
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LineageError {
@@ -143,6 +143,11 @@ impl LineageDb {
         if v < 2 {
             self.conn
                 .execute_batch(requests::SCHEMA_V2)
+                .map_err(|e| self.err(e))?;
+        }
+        if v < 3 {
+            self.conn
+                .execute_batch(requests::SCHEMA_V3)
                 .map_err(|e| self.err(e))?;
         }
         Ok(())

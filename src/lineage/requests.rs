@@ -41,6 +41,17 @@ pub(crate) const SCHEMA_V2: &str = "BEGIN;
     PRAGMA user_version = 2;
     COMMIT;";
 
+/// Migration 2 -> 3: requests are found by user and time through an index
+/// on (second, user) instead of (user, time). Inserts into the old index
+/// landed all over it (one hot page per user, rewritten by every batch,
+/// slower as the table grew); the new one only grows at the current second.
+/// A lookup seeks once per second of its window.
+pub(crate) const SCHEMA_V3: &str = "BEGIN IMMEDIATE;
+    DROP INDEX IF EXISTS requests_user_time;
+    CREATE INDEX IF NOT EXISTS requests_second_user ON requests(time / 1000, user);
+    PRAGMA user_version = 3;
+    COMMIT;";
+
 /// What answered a request. Empty strings mean unknown (a model registered
 /// without a dataset input, a project without git).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -131,6 +142,17 @@ pub struct SegmentRef<'a> {
 }
 
 impl LineageDb {
+    /// Settings for a connection that writes request batches all day: a
+    /// page cache big enough to hold the hot parts of the request indexes
+    /// (the default 2 MiB spills and re-reads pages on every batch), and
+    /// rarer WAL checkpoints, so a page rewritten by many batches is copied
+    /// into the database once instead of once per checkpoint.
+    pub fn tune_for_request_log(&self) -> Result<()> {
+        self.conn
+            .execute_batch("PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;")
+            .map_err(|e| self.err(e))
+    }
+
     /// Index a batch of requests of one open segment in one transaction.
     pub fn insert_requests(&self, seg: &SegmentRef<'_>, rows: &[RequestRow<'_>]) -> Result<()> {
         self.write_txn(|tx| {
@@ -221,7 +243,12 @@ impl LineageDb {
     ) -> Result<Option<RequestRecord>> {
         Ok(self
             .query_requests(
-                "WHERE r.user = ?1 AND r.time BETWEEN ?2 - ?3 AND ?2 + ?3
+                "WHERE r.time / 1000 IN (
+                     WITH RECURSIVE s(sec) AS (
+                         SELECT (?2 - ?3) / 1000
+                         UNION ALL SELECT sec + 1 FROM s WHERE sec < (?2 + ?3) / 1000)
+                     SELECT sec FROM s)
+                 AND r.user = ?1 AND r.time BETWEEN ?2 - ?3 AND ?2 + ?3
                  ORDER BY abs(r.time - ?2), r.time LIMIT 1",
                 params![user, at_ms, window_ms],
             )?
@@ -454,4 +481,104 @@ pub fn index_segment(
     };
     db.replace_segment_requests(&sref, &rows, closed)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served() -> ServedBy {
+        ServedBy {
+            model: "model_v1".into(),
+            model_digest: "m".repeat(64),
+            dataset: "dataset_1".into(),
+            dataset_digest: "d".repeat(64),
+            train_run: "r".repeat(64),
+            code_commit: "c".repeat(40),
+            config_digest: "f".repeat(64),
+        }
+    }
+
+    fn insert(db: &LineageDb, rows: &[(&str, i64, i64)]) {
+        let by = served();
+        let seg = SegmentRef {
+            name: "seg-1",
+            host: "h",
+            opened: 0,
+        };
+        let rows: Vec<RequestRow<'_>> = rows
+            .iter()
+            .map(|(id, time, user)| RequestRow {
+                id,
+                time: *time,
+                user: *user,
+                served: &by,
+                route: "default",
+                status: "ok",
+                latency_us: 10,
+                items: "1,2",
+            })
+            .collect();
+        db.insert_requests(&seg, &rows).expect("insert");
+    }
+
+    #[test]
+    fn request_near_finds_the_closest_request_of_the_user_across_seconds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = LineageDb::open(&dir.path().join("lineage.db")).expect("open");
+        insert(
+            &db,
+            &[
+                ("a", 1_000_999, 7),
+                ("b", 1_001_400, 7),
+                ("c", 1_001_001, 8),
+                ("d", 1_061_500, 7),
+            ],
+        );
+        let near = |user, at, w| db.request_near(user, at, w).expect("query").map(|r| r.id);
+        // Closest by milliseconds, even in the previous second.
+        assert_eq!(near(7, 1_001_100, 60_000).as_deref(), Some("a"));
+        assert_eq!(near(7, 1_001_300, 60_000).as_deref(), Some("b"));
+        // Other users never match; nothing outside the window.
+        assert_eq!(near(8, 1_001_300, 60_000).as_deref(), Some("c"));
+        assert_eq!(near(9, 1_001_300, 60_000), None);
+        assert_eq!(near(7, 1_061_000, 400), None);
+        assert_eq!(near(7, 1_061_000, 500).as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn a_schema_2_database_is_migrated_and_keeps_its_requests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lineage.db");
+        {
+            let db = LineageDb::open(&path).expect("open");
+            insert(&db, &[("x", 5_000, 3)]);
+        }
+        // Put it back to schema 2 as an older recsys left it.
+        let c = rusqlite::Connection::open(&path).expect("raw open");
+        c.execute_batch(
+            "DROP INDEX requests_second_user;
+             CREATE INDEX requests_user_time ON requests(user, time);
+             PRAGMA user_version = 2;",
+        )
+        .expect("downgrade");
+        drop(c);
+        let db = LineageDb::open(&path).expect("migrate");
+        let indexes: Vec<String> = db
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'requests' ORDER BY name")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(indexes, ["requests_id", "requests_second_user"]);
+        let v: i64 = db
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, 3);
+        let r = db.request_near(3, 5_100, 1_000).expect("query");
+        assert_eq!(r.map(|r| r.id).as_deref(), Some("x"));
+    }
 }

@@ -8,8 +8,11 @@
 //!
 //! Durability: the writer takes what is queued (waiting at most
 //! [`LogOptions::batch_wait`] after the first event), appends it to the
-//! open segment, `fdatasync`s, then indexes the batch in one transaction.
-//! A crash loses at most the batch in flight. Segment files are named
+//! open segment and `fdatasync`s. Written events are indexed in lineage.db
+//! in one transaction per [`LogOptions::index_wait`] (at most 1 s), and at
+//! once on flush, rotation and shutdown. A crash loses at most the batch in
+//! flight; recovery re-indexes the whole segment, so events written but
+//! not yet indexed are not lost. Segment files are named
 //! `open-<name>.jsonl` while open; when closed (size, age, shutdown) their
 //! bytes become a store object — which starts with
 //! `{"recsys_log_segment":` so `gc` keeps it — and the file is removed.
@@ -21,7 +24,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -69,8 +74,14 @@ pub struct LogOptions {
     pub queue: usize,
     /// Longest an event waits in the queue before it is written (<= 1 s).
     pub batch_wait: Duration,
-    /// Most events per write and transaction.
+    /// Most events per segment write.
     pub batch_max: usize,
+    /// Longest a written event waits before it is indexed in lineage.db
+    /// (<= 1 s). Indexing many batches in one transaction touches each page
+    /// of the `(user, time)` index once instead of once per batch.
+    pub index_wait: Duration,
+    /// Most events per index transaction.
+    pub index_max: usize,
     /// Close a segment after this many bytes...
     pub segment_bytes: u64,
     /// ...or after it has been open this long.
@@ -87,6 +98,8 @@ impl LogOptions {
             queue: 65_536,
             batch_wait: Duration::from_millis(100),
             batch_max: 8_192,
+            index_wait: Duration::from_secs(1),
+            index_max: 65_536,
             segment_bytes: 64 << 20,
             segment_age: Duration::from_secs(3600),
         }
@@ -121,6 +134,7 @@ enum Msg {
 pub struct RequestLog {
     tx: SyncSender<Msg>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    writer: std::thread::Thread,
     metrics: Arc<Metrics>,
     dropped: Arc<AtomicU64>,
     last_warn_ms: AtomicI64,
@@ -138,6 +152,7 @@ impl RequestLog {
     pub fn start(opts: LogOptions, metrics: Arc<Metrics>) -> Result<RequestLog, LogError> {
         fs::create_dir_all(&opts.dir).map_err(io("create", &opts.dir))?;
         let db = LineageDb::open(&opts.lineage_db)?;
+        db.tune_for_request_log()?;
         let store = LocalStore::open(&opts.store_root, "store")?;
         for rec in recover(&opts.dir, &db, &store)? {
             tracing::warn!("{rec}");
@@ -160,6 +175,7 @@ impl RequestLog {
             .map_err(io("start thread for", Path::new("request log")))?;
         Ok(RequestLog {
             tx,
+            writer: thread.thread().clone(),
             thread: std::sync::Mutex::new(Some(thread)),
             metrics,
             dropped,
@@ -203,6 +219,8 @@ impl RequestLog {
     fn control(&self, make: fn(SyncSender<()>) -> Msg) {
         let (ack_tx, ack_rx) = sync_channel(1);
         if self.tx.send(make(ack_tx)).is_ok() {
+            // The writer may be sleeping out its batch wait.
+            self.writer.unpark();
             let _ = ack_rx.recv();
         }
     }
@@ -235,6 +253,8 @@ struct OpenSegment {
     path: PathBuf,
     file: File,
     bytes: u64,
+    /// BLAKE3 of every byte written so far: closing needs no re-read.
+    hash: blake3::Hasher,
 }
 
 impl OpenSegment {
@@ -257,11 +277,29 @@ struct Writer {
     dropped_noted: u64,
     /// `ServedBy` per (model, config) seen recently, by address, with its
     /// JSON fields pre-rendered (they repeat on every line).
-    served_cache: Vec<(usize, usize, ServedBy, String)>,
+    served_cache: Vec<((usize, usize), String)>,
+}
+
+/// Which (model, config) served an event, by address: events of one
+/// deployment share both.
+fn served_key(ev: &LogEvent) -> (usize, usize) {
+    (
+        Arc::as_ptr(&ev.served) as usize,
+        ev.config.as_ptr() as usize,
+    )
 }
 
 /// Append a JSON string (quoted, escaped).
 fn push_json_str(buf: &mut Vec<u8>, s: &str) {
+    // Item ids and routes are nearly always plain: no escaping to do.
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+        return;
+    }
     // Serialising a &str cannot fail.
     let _ = serde_json::to_writer(&mut *buf, s);
 }
@@ -279,17 +317,26 @@ fn served_fields(s: &ServedBy) -> String {
 impl Writer {
     fn run(&mut self, rx: Receiver<Msg>) {
         let mut batch: Vec<LogEvent> = Vec::new();
+        // Written to the segment, not yet indexed; and since when.
+        let mut pending: Vec<LogEvent> = Vec::new();
+        let mut pending_since = Instant::now();
         loop {
-            let tick = Duration::from_millis(250);
+            let mut tick = Duration::from_millis(250);
+            if !pending.is_empty() {
+                tick = tick.min(self.opts.index_wait.saturating_sub(pending_since.elapsed()));
+            }
             let mut ack: Option<(SyncSender<()>, bool)> = None;
             let mut closed = false;
             match rx.recv_timeout(tick) {
                 Ok(Msg::Event(ev)) => {
                     batch.push(ev);
+                    // Gather for `batch_wait`, sleeping rather than waiting
+                    // on the channel: a receiver blocked in `recv` is woken
+                    // (a futex call in the request handler) by every event.
+                    // Control messages unpark this thread.
                     let deadline = Instant::now() + self.opts.batch_wait;
                     while batch.len() < self.opts.batch_max {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        match rx.recv_timeout(left) {
+                        match rx.try_recv() {
                             Ok(Msg::Event(ev)) => batch.push(ev),
                             Ok(Msg::Flush(a)) => {
                                 ack = Some((a, false));
@@ -304,8 +351,14 @@ impl Writer {
                                 closed = true;
                                 break;
                             }
-                            Err(RecvTimeoutError::Timeout) => break,
-                            Err(RecvTimeoutError::Disconnected) => {
+                            Err(TryRecvError::Empty) => {
+                                let left = deadline.saturating_duration_since(Instant::now());
+                                if left.is_zero() {
+                                    break;
+                                }
+                                std::thread::park_timeout(left);
+                            }
+                            Err(TryRecvError::Disconnected) => {
                                 closed = true;
                                 break;
                             }
@@ -333,8 +386,14 @@ impl Writer {
                 }
             }
             if !batch.is_empty() || self.dropped.load(Ordering::Relaxed) != self.dropped_noted {
-                self.write(&batch);
-                batch.clear();
+                if self.write(&batch) {
+                    if pending.is_empty() {
+                        pending_since = Instant::now();
+                    }
+                    pending.append(&mut batch);
+                } else {
+                    batch.clear();
+                }
             }
             let rotate = matches!(ack, Some((_, true)))
                 || closed
@@ -342,6 +401,15 @@ impl Writer {
                     s.bytes >= self.opts.segment_bytes
                         || s.started.elapsed() >= self.opts.segment_age
                 });
+            if !pending.is_empty()
+                && (ack.is_some()
+                    || rotate
+                    || pending.len() >= self.opts.index_max
+                    || pending_since.elapsed() >= self.opts.index_wait)
+            {
+                self.index(&pending);
+                pending.clear();
+            }
             if rotate && let Some(seg) = self.seg.take() {
                 match close_segment(seg, &self.db, &self.store) {
                     Ok(d) => tracing::info!("request log segment closed as object {d}"),
@@ -361,48 +429,89 @@ impl Writer {
     }
 
     fn served_by(&mut self, ev: &LogEvent) -> usize {
-        let key = (
-            Arc::as_ptr(&ev.served) as usize,
-            ev.config.as_ptr() as usize,
-        );
-        if let Some(i) = self
-            .served_cache
-            .iter()
-            .position(|(a, b, _, _)| (*a, *b) == key)
-        {
+        let key = served_key(ev);
+        if let Some(i) = self.served_cache.iter().position(|(k, _)| *k == key) {
             return i;
         }
         if self.served_cache.len() > 64 {
             self.served_cache.clear();
         }
-        let by = ev.served.served_by(&ev.config);
-        let fields = served_fields(&by);
-        self.served_cache.push((key.0, key.1, by, fields));
+        let fields = served_fields(&ev.served.served_by(&ev.config));
+        self.served_cache.push((key, fields));
         self.served_cache.len() - 1
     }
 
-    /// Append a batch to the open segment (opening one if needed), sync,
-    /// then index it. Errors are counted and logged; the server goes on.
-    fn write(&mut self, batch: &[LogEvent]) {
-        if let Err(e) = self.try_write(batch) {
-            self.metrics.log_errors.inc();
-            tracing::error!("request log: {e}");
+    /// Append a batch to the open segment (opening one if needed) and sync.
+    /// Errors are counted and logged; the server goes on. True when the
+    /// batch is durable (and so may be indexed).
+    fn write(&mut self, batch: &[LogEvent]) -> bool {
+        match self.try_write(batch) {
+            Ok(()) => true,
+            Err(e) => {
+                self.metrics.log_errors.inc();
+                tracing::error!("request log: {e}");
+                false
+            }
         }
+    }
+
+    /// Index written events in lineage.db in one transaction. A failure is
+    /// counted and logged; the events stay in the segment, which recovery
+    /// and `recsys lineage --rebuild` re-index.
+    fn index(&mut self, events: &[LogEvent]) {
+        if let Err(e) = self.try_index(events) {
+            self.metrics.log_errors.inc();
+            tracing::error!("request log index: {e}");
+        }
+    }
+
+    fn try_index(&mut self, events: &[LogEvent]) -> Result<(), LogError> {
+        let Some(seg) = self.seg.as_ref() else {
+            return Ok(());
+        };
+        let ids: Vec<String> = events
+            .iter()
+            .map(|e| e.id.hyphenated().to_string())
+            .collect();
+        let mut by: Vec<ServedBy> = Vec::new();
+        let mut keys: Vec<(usize, usize)> = Vec::new();
+        let served_idx: Vec<usize> = events
+            .iter()
+            .map(|e| {
+                let key = served_key(e);
+                match keys.iter().position(|k| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        keys.push(key);
+                        by.push(e.served.served_by(&e.config));
+                        by.len() - 1
+                    }
+                }
+            })
+            .collect();
+        let rows: Vec<RequestRow<'_>> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| RequestRow {
+                id: &ids[i],
+                time: e.time_ms,
+                user: e.user as i64,
+                served: &by[served_idx[i]],
+                route: &e.route,
+                status: e.status,
+                latency_us: i64::from(e.latency_us),
+                items: std::str::from_utf8(&e.body).unwrap_or(""),
+            })
+            .collect();
+        self.db.insert_requests(&seg.seg_ref(), &rows)?;
+        Ok(())
     }
 
     fn try_write(&mut self, batch: &[LogEvent]) -> Result<(), LogError> {
         if self.seg.is_none() {
             self.seg = Some(open_segment(&self.opts)?);
         }
-        let ids: Vec<String> = batch
-            .iter()
-            .map(|e| e.id.hyphenated().to_string())
-            .collect();
         let served_idx: Vec<usize> = batch.iter().map(|e| self.served_by(e)).collect();
-        let bodies: Vec<&str> = batch
-            .iter()
-            .map(|e| std::str::from_utf8(&e.body).unwrap_or(""))
-            .collect();
         let mut buf = Vec::with_capacity(batch.len() * 700);
         let dropped = self.dropped.load(Ordering::Relaxed);
         if dropped != self.dropped_noted {
@@ -415,11 +524,15 @@ impl Writer {
             // Same fields as `RequestRecord`, written by hand: this runs
             // for every answer and serde's `flatten` is slow.
             buf.extend_from_slice(b"{\"id\":\"");
-            buf.extend_from_slice(ids[i].as_bytes());
+            buf.extend_from_slice(
+                e.id.hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer())
+                    .as_bytes(),
+            );
             buf.extend_from_slice(
                 format!("\",\"time\":{},\"user\":{},", e.time_ms, e.user).as_bytes(),
             );
-            buf.extend_from_slice(self.served_cache[served_idx[i]].3.as_bytes());
+            buf.extend_from_slice(self.served_cache[served_idx[i]].1.as_bytes());
             buf.extend_from_slice(b",\"route\":");
             push_json_str(&mut buf, &e.route);
             buf.extend_from_slice(b",\"status\":");
@@ -427,8 +540,9 @@ impl Writer {
             buf.extend_from_slice(
                 format!(",\"latency_us\":{},\"items\":[", e.latency_us).as_bytes(),
             );
-            if !bodies[i].is_empty() {
-                for (j, item) in bodies[i].split(',').enumerate() {
+            let body = std::str::from_utf8(&e.body).unwrap_or("");
+            if !body.is_empty() {
+                for (j, item) in body.split(',').enumerate() {
                     if j > 0 {
                         buf.push(b',');
                     }
@@ -445,24 +559,8 @@ impl Writer {
             .map_err(io("append to", &seg.path))?;
         seg.file.sync_data().map_err(io("sync", &seg.path))?;
         seg.bytes += buf.len() as u64;
+        seg.hash.update(&buf);
         self.metrics.log_written.inc_by(batch.len() as u64);
-        let rows: Vec<RequestRow<'_>> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, e)| RequestRow {
-                id: &ids[i],
-                time: e.time_ms,
-                user: e.user as i64,
-                served: &self.served_cache[served_idx[i]].2,
-                route: &e.route,
-                status: e.status,
-                latency_us: i64::from(e.latency_us),
-                items: bodies[i],
-            })
-            .collect();
-        if !rows.is_empty() {
-            self.db.insert_requests(&seg.seg_ref(), &rows)?;
-        }
         Ok(())
     }
 }
@@ -490,7 +588,10 @@ fn open_segment(opts: &LogOptions) -> Result<OpenSegment, LogError> {
     if let Ok(d) = File::open(&opts.dir) {
         let _ = d.sync_all();
     }
+    let mut hash = blake3::Hasher::new();
+    hash.update(&line);
     Ok(OpenSegment {
+        hash,
         name,
         host: opts.host.clone(),
         opened,
@@ -501,13 +602,13 @@ fn open_segment(opts: &LogOptions) -> Result<OpenSegment, LogError> {
     })
 }
 
-/// Store a segment's bytes as an object, mark it closed, remove the file.
+/// Move a segment's file into the store as an object (it was hashed as it
+/// was written), mark it closed.
 fn close_segment(seg: OpenSegment, db: &LineageDb, store: &LocalStore) -> Result<Digest, LogError> {
     seg.file.sync_all().map_err(io("sync", &seg.path))?;
-    let bytes = fs::read(&seg.path).map_err(io("read", &seg.path))?;
-    let digest = crate::store::put_bytes(store, &bytes)?;
+    let digest: Digest = seg.hash.finalize().into();
+    store.adopt(&seg.path, &digest)?;
     db.close_segment(&seg.seg_ref(), now_ms(), &digest.hex())?;
-    fs::remove_file(&seg.path).map_err(io("remove", &seg.path))?;
     Ok(digest)
 }
 
@@ -561,4 +662,28 @@ pub fn recover(dir: &Path, db: &LineageDb, store: &LocalStore) -> Result<Vec<Str
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_json_str;
+
+    #[test]
+    fn json_strings_round_trip_with_and_without_escaping() {
+        for s in [
+            "",
+            "1234",
+            "split:model_v1",
+            "a\"quote",
+            "back\\slash",
+            "tab\tand\nnewline",
+            "\u{7f}del",
+            "café ☕",
+        ] {
+            let mut buf = Vec::new();
+            push_json_str(&mut buf, s);
+            let back: String = serde_json::from_slice(&buf).expect("valid JSON string");
+            assert_eq!(back, s);
+        }
+    }
 }

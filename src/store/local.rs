@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +61,45 @@ impl LocalStore {
 
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// Take a durable file the caller wrote and hashed as `digest` (a
+    /// closed request-log segment) as an object: made read-only and renamed
+    /// into place, so its bytes are not copied. Falls back to a verified
+    /// copy when the file is on another filesystem. The file is gone
+    /// afterwards either way.
+    pub fn adopt(&self, file: &Path, digest: &Digest) -> Result<()> {
+        let _lock = self.lock(false)?;
+        let dst = self.object_path(digest);
+        if dst.exists() {
+            return fs::remove_file(file).ctx("remove", file);
+        }
+        let parent = dst.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent).ctx("create", &parent)?;
+        let ro = fs::Permissions::from_mode(0o444);
+        fs::set_permissions(file, ro).ctx("make read-only", file)?;
+        match fs::rename(file, &dst) {
+            Ok(()) => {
+                for d in [&parent, &self.root] {
+                    File::open(d).and_then(|f| f.sync_all()).ctx("sync", d)?;
+                }
+                if let (Some(state), Ok(m)) = (&self.state, fs::metadata(&dst)) {
+                    state.set_object_stamps(&[(*digest, Stamp::of(&m))])?;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                let w = self.begin()?;
+                w.put(
+                    Source::Path(file),
+                    Some(digest),
+                    &crate::progress::NoProgress,
+                )?;
+                w.commit()?;
+                fs::remove_file(file).ctx("remove", file)
+            }
+            Err(e) => Err(e).ctx("rename into store", &dst),
+        }
     }
 
     /// A lock that writers hold shared and `gc` holds exclusively, so `gc`

@@ -451,6 +451,7 @@ async fn a_full_log_queue_drops_counted_and_never_blocks_an_answer() {
         l.queue = 2;
         l.batch_wait = Duration::ZERO;
         l.batch_max = 1;
+        l.index_wait = Duration::ZERO;
     }
     let server = Server::start(o, Settings::default()).expect("start");
     let st = server.state();
