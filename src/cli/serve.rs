@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::Ctx;
-use crate::serve::{ServeOptions, Server};
+use crate::serve::{KafkaLogOptions, ServeOptions, Server};
 
 /// Serve recommendations over HTTP, routed by config.json.
 ///
@@ -19,7 +19,7 @@ use crate::serve::{ServeOptions, Server};
 /// accepting, finishes requests in flight and flushes the log.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  recsys serve\n  recsys serve --bind 0.0.0.0 --port 8082 --config config.json\n  curl -i http://127.0.0.1:8082/recommend/42"
+    after_help = "Examples:\n  recsys serve\n  recsys serve --bind 0.0.0.0 --port 8082 --config config.json\n  recsys serve --log-kafka localhost:9092 --log-kafka-topic recsys-requests\n  curl -i http://127.0.0.1:8082/recommend/42"
 )]
 pub struct Args {
     /// Address to listen on.
@@ -43,6 +43,15 @@ pub struct Args {
     /// Close a request-log segment into the store after this many bytes.
     #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
     log_segment_bytes: u64,
+    /// Also copy every logged request (one JSON line, keyed by user id) to
+    /// a Kafka topic at these brokers (`bootstrap.servers`). The local log
+    /// stays the record: Kafka failures are counted in /metrics, never
+    /// block or drop the local log.
+    #[arg(long, value_name = "HOST:PORT,...", conflicts_with = "no_log")]
+    log_kafka: Option<String>,
+    /// Topic for --log-kafka.
+    #[arg(long, default_value = crate::serve::kafka::DEFAULT_TOPIC, requires = "log_kafka")]
+    log_kafka_topic: String,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -72,6 +81,10 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     } else if let Some(l) = &mut opts.log {
         l.queue = a.log_queue as usize;
         l.segment_bytes = a.log_segment_bytes;
+        l.kafka = a.log_kafka.clone().map(|brokers| KafkaLogOptions {
+            brokers,
+            topic: a.log_kafka_topic.clone(),
+        });
     }
     let server = Server::start(opts, ctx.settings.clone())?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();

@@ -131,13 +131,6 @@ pub fn parse_user(raw: &str) -> Result<u64, String> {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 async fn recommend(
     State(st): State<Arc<AppState>>,
     Path(raw): Path<String>,
@@ -193,7 +186,7 @@ async fn recommend(
     if let Some(log) = &st.log {
         log.log(LogEvent {
             id,
-            time_ms: now_ms(),
+            time_ms: super::log::now_ms(),
             user,
             served: served.clone(),
             config: dep.config_hex.clone(),

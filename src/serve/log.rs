@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 
 use super::deploy::Served;
+use super::kafka::{KafkaLogError, KafkaLogOptions, KafkaSink};
 use super::metrics::Metrics;
 use crate::lineage::requests::{
     RequestRow, SEGMENT_FORMAT, SegmentHeader, SegmentRef, ServedBy, index_segment, parse_segment,
@@ -54,6 +55,8 @@ pub enum LogError {
     Lineage(#[from] LineageError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaLogError),
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LogError + use<> {
@@ -86,6 +89,8 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// ...or after it has been open this long.
     pub segment_age: Duration,
+    /// Also copy every line to this Kafka topic.
+    pub kafka: Option<KafkaLogOptions>,
 }
 
 impl LogOptions {
@@ -102,6 +107,7 @@ impl LogOptions {
             index_max: 65_536,
             segment_bytes: 64 << 20,
             segment_age: Duration::from_secs(3600),
+            kafka: None,
         }
     }
 }
@@ -140,7 +146,7 @@ pub struct RequestLog {
     last_warn_ms: AtomicI64,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -157,6 +163,10 @@ impl RequestLog {
         for rec in recover(&opts.dir, &db, &store)? {
             tracing::warn!("{rec}");
         }
+        let kafka = match &opts.kafka {
+            Some(k) => Some(KafkaSink::connect(k, metrics.clone())?),
+            None => None,
+        };
         let (tx, rx) = sync_channel(opts.queue.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         let mut w = Writer {
@@ -168,6 +178,7 @@ impl RequestLog {
             dropped: dropped.clone(),
             dropped_noted: 0,
             served_cache: Vec::new(),
+            kafka,
         };
         let thread = std::thread::Builder::new()
             .name("recsys-request-log".into())
@@ -278,6 +289,7 @@ struct Writer {
     /// `ServedBy` per (model, config) seen recently, by address, with its
     /// JSON fields pre-rendered (they repeat on every line).
     served_cache: Vec<((usize, usize), String)>,
+    kafka: Option<KafkaSink>,
 }
 
 /// Which (model, config) served an event, by address: events of one
@@ -419,6 +431,13 @@ impl Writer {
                     }
                 }
             }
+            if let Some(k) = &self.kafka {
+                if closed {
+                    k.close();
+                } else {
+                    k.poll();
+                }
+            }
             if let Some((a, _)) = ack {
                 let _ = a.send(());
             }
@@ -513,11 +532,14 @@ impl Writer {
         }
         let served_idx: Vec<usize> = batch.iter().map(|e| self.served_by(e)).collect();
         let mut buf = Vec::with_capacity(batch.len() * 700);
+        // Where each line ends and whose it is, for the Kafka copy.
+        let mut lines: Vec<(usize, Option<u64>)> = Vec::new();
         let dropped = self.dropped.load(Ordering::Relaxed);
         if dropped != self.dropped_noted {
             let note = serde_json::json!({"recsys_log_dropped": dropped - self.dropped_noted, "time": now_ms()});
             buf.extend_from_slice(note.to_string().as_bytes());
             buf.push(b'\n');
+            lines.push((buf.len(), None));
             self.dropped_noted = dropped;
         }
         for (i, e) in batch.iter().enumerate() {
@@ -550,6 +572,7 @@ impl Writer {
                 }
             }
             buf.extend_from_slice(b"]}\n");
+            lines.push((buf.len(), Some(e.user)));
         }
         let Some(seg) = self.seg.as_mut() else {
             return Ok(());
@@ -560,6 +583,13 @@ impl Writer {
         seg.file.sync_data().map_err(io("sync", &seg.path))?;
         seg.bytes += buf.len() as u64;
         seg.hash.update(&buf);
+        if let Some(k) = &mut self.kafka {
+            let mut start = 0;
+            for (end, user) in lines {
+                k.send(user, &buf[start..end - 1]);
+                start = end;
+            }
+        }
         self.metrics.log_written.inc_by(batch.len() as u64);
         Ok(())
     }

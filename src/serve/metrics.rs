@@ -35,6 +35,8 @@ pub struct Metrics {
     pub log_dropped: Counter,
     pub log_written: Counter,
     pub log_errors: Counter,
+    pub log_kafka_delivered: Counter,
+    pub log_kafka_failed: Counter,
     reloads: Family<ResultLabels, Counter>,
     pub models_loaded: Gauge,
 }
@@ -63,6 +65,8 @@ impl Metrics {
         let log_dropped = Counter::default();
         let log_written = Counter::default();
         let log_errors = Counter::default();
+        let log_kafka_delivered = Counter::default();
+        let log_kafka_failed = Counter::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let models_loaded = Gauge::default();
         registry.register(
@@ -96,6 +100,16 @@ impl Metrics {
             log_errors.clone(),
         );
         registry.register(
+            "request_log_kafka_delivered",
+            "Request log lines delivered to the Kafka topic (when configured)",
+            log_kafka_delivered.clone(),
+        );
+        registry.register(
+            "request_log_kafka_failed",
+            "Request log lines not copied to Kafka (queue full, delivery failed); the local log has them",
+            log_kafka_failed.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Attempts to load a changed config.json or model, by result",
             reloads.clone(),
@@ -113,6 +127,8 @@ impl Metrics {
             log_dropped,
             log_written,
             log_errors,
+            log_kafka_delivered,
+            log_kafka_failed,
             reloads,
             models_loaded,
         }

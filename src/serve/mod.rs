@@ -14,6 +14,7 @@
 pub mod app;
 pub mod config;
 pub mod deploy;
+pub mod kafka;
 pub mod log;
 pub mod metrics;
 mod users;
@@ -29,6 +30,7 @@ use std::time::Duration;
 pub use app::{AppState, app};
 pub use config::{ConfigProblem, RouterConfig, parse as parse_config};
 pub use deploy::{DeployError, Deployment};
+pub use kafka::KafkaLogOptions;
 pub use log::{LogOptions, RequestLog};
 pub use metrics::Metrics;
 

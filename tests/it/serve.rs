@@ -917,3 +917,172 @@ fn the_shipped_config_splits_model_v1_and_model_v2() {
         .count();
     assert!((4_800..=5_200).contains(&v1), "model_v1 gets {v1} of 10000");
 }
+
+/// Every message of `topic` (all partitions, from the start) as
+/// (key, payload), until `n` arrived or `limit` passed.
+fn consume_all(brokers: &str, topic: &str, n: usize, limit: Duration) -> Vec<(String, String)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "serve-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for part in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, part.id(), rdkafka::Offset::Beginning)
+            .expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < n && start.elapsed() < limit {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.expect("message");
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            out.push((key, payload));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_request_log_is_copied_to_a_kafka_topic_keyed_by_user() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("requests", 2, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let p = Project::new();
+    let mut s = spawn_server(
+        &p,
+        &["--log-kafka", &brokers, "--log-kafka-topic", "requests"],
+    );
+    let mut c = Client::connect(s.port);
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    for u in 1..=25u64 {
+        let (status, h, _) = c.get(&format!("/recommend/{u}")).expect("get");
+        assert_eq!(status, 200);
+        sent.insert(h["x-request-id"].clone(), u);
+    }
+    // Delivery is counted in /metrics.
+    wait_for("25 deliveries", Duration::from_secs(20), || {
+        let (_, _, m) = c.get("/metrics").expect("metrics");
+        metric(&m, "recsys_request_log_kafka_delivered_total", &[]) == 25.0
+    });
+    signal(&s.child, "-TERM");
+    assert!(s.child.wait().expect("wait").success());
+
+    let got = consume_all(&brokers, "requests", 25, Duration::from_secs(30));
+    assert_eq!(got.len(), 25, "{got:?}");
+    // Each message is the segment's line for that request, keyed by user.
+    let db = p.lineage();
+    let segs = db.segments().expect("segments");
+    let d: recsys::store::Digest = segs[0]
+        .digest
+        .as_deref()
+        .expect("closed")
+        .parse()
+        .expect("digest");
+    let segment = std::fs::read_to_string(p.ws().store.object_path(&d)).expect("segment");
+    let lines: BTreeSet<&str> = segment.lines().skip(1).collect();
+    for (key, payload) in &got {
+        let v: serde_json::Value = serde_json::from_str(payload).expect("JSON line");
+        let id = v["id"].as_str().expect("id");
+        assert_eq!(key, &sent[id].to_string(), "key is the user id");
+        assert_eq!(v["user"], sent[id]);
+        assert!(
+            lines.contains(payload.as_str()),
+            "same bytes as the local log: {payload}"
+        );
+        assert!(v["model_digest"].as_str().is_some_and(|s| s.len() == 64));
+    }
+    let ids: BTreeSet<String> = got
+        .iter()
+        .map(|(_, p)| {
+            serde_json::from_str::<serde_json::Value>(p).expect("json")["id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, sent.keys().cloned().collect::<BTreeSet<_>>());
+}
+
+#[test]
+fn an_unreachable_kafka_loses_nothing_locally_and_is_reported() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let p = Project::new();
+    let err = p.root().join("serve.err");
+    let mut child = p
+        .env
+        .cmd(&[
+            "serve",
+            "--port",
+            "0",
+            "--log-kafka",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("url");
+    let port: u16 = line
+        .trim_end()
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut c = Client::connect(port);
+    let mut ids = Vec::new();
+    let start = Instant::now();
+    for u in 1..=20 {
+        let (status, h, _) = c.get(&format!("/recommend/{u}")).expect("get");
+        assert_eq!(status, 200);
+        ids.push(h["x-request-id"].clone());
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "answers waited for Kafka"
+    );
+    signal(&child, "-TERM");
+    assert!(child.wait().expect("wait").success());
+    let db = p.lineage();
+    for id in &ids {
+        assert_eq!(
+            db.requests_by_id(id).expect("query").len(),
+            1,
+            "{id} kept locally"
+        );
+    }
+    let text = std::fs::read_to_string(&err).expect("stderr");
+    assert!(
+        text.contains("not copied to Kafka") && text.contains("the local log has them"),
+        "{text}"
+    );
+}
+
+#[test]
+fn log_kafka_flags_are_checked() {
+    let p = Project::new();
+    let out = p.env.run(&["serve", "--log-kafka-topic", "t"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--log-kafka"));
+    let out = p
+        .env
+        .run(&["serve", "--no-log", "--log-kafka", "localhost:9092"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
