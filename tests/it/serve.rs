@@ -628,13 +628,17 @@ struct Running {
 }
 
 fn spawn_server(p: &Project, extra: &[&str]) -> Running {
+    spawn_server_with(p, extra, Stdio::null())
+}
+
+fn spawn_server_with(p: &Project, extra: &[&str], stderr: Stdio) -> Running {
     let mut args = vec!["serve", "--port", "0", "--poll-ms", "200"];
     args.extend_from_slice(extra);
     let mut child = p
         .env
         .cmd(&args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn recsys serve");
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
@@ -1022,30 +1026,13 @@ fn an_unreachable_kafka_loses_nothing_locally_and_is_reported() {
         .port();
     let p = Project::new();
     let err = p.root().join("serve.err");
-    let mut child = p
-        .env
-        .cmd(&[
-            "serve",
-            "--port",
-            "0",
-            "--log-kafka",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&err).expect("stderr file"))
-        .spawn()
-        .expect("spawn");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("url");
-    let port: u16 = line
-        .trim_end()
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    let mut c = Client::connect(port);
+    let broker = format!("127.0.0.1:{port}");
+    let mut s = spawn_server_with(
+        &p,
+        &["--log-kafka", &broker],
+        std::fs::File::create(&err).expect("stderr file").into(),
+    );
+    let mut c = Client::connect(s.port);
     let mut ids = Vec::new();
     let start = Instant::now();
     for u in 1..=20 {
@@ -1057,8 +1044,8 @@ fn an_unreachable_kafka_loses_nothing_locally_and_is_reported() {
         start.elapsed() < Duration::from_secs(5),
         "answers waited for Kafka"
     );
-    signal(&child, "-TERM");
-    assert!(child.wait().expect("wait").success());
+    signal(&s.child, "-TERM");
+    assert!(s.child.wait().expect("wait").success());
     let db = p.lineage();
     for id in &ids {
         assert_eq!(
