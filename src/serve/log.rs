@@ -288,8 +288,17 @@ struct Writer {
     dropped_noted: u64,
     /// `ServedBy` per (model, config) seen recently, by address, with its
     /// JSON fields pre-rendered (they repeat on every line).
-    served_cache: Vec<((usize, usize), String)>,
+    /// The entries hold the `Arc`s themselves, so an address in the cache
+    /// cannot be reused by a later deployment.
+    served_cache: Vec<CachedServed>,
     kafka: Option<KafkaSink>,
+}
+
+struct CachedServed {
+    key: (usize, usize),
+    _served: Arc<Served>,
+    _config: Arc<str>,
+    fields: String,
 }
 
 /// Which (model, config) served an event, by address: events of one
@@ -449,14 +458,15 @@ impl Writer {
 
     fn served_by(&mut self, ev: &LogEvent) -> usize {
         let key = served_key(ev);
-        if let Some(i) = self.served_cache.iter().position(|(k, _)| *k == key) {
+        if let Some(i) = self.served_cache.iter().position(|c| c.key == key) {
             return i;
         }
-        if self.served_cache.len() > 64 {
-            self.served_cache.clear();
-        }
-        let fields = served_fields(&ev.served.served_by(&ev.config));
-        self.served_cache.push((key, fields));
+        self.served_cache.push(CachedServed {
+            key,
+            _served: ev.served.clone(),
+            _config: ev.config.clone(),
+            fields: served_fields(&ev.served.served_by(&ev.config)),
+        });
         self.served_cache.len() - 1
     }
 
@@ -530,6 +540,11 @@ impl Writer {
         if self.seg.is_none() {
             self.seg = Some(open_segment(&self.opts)?);
         }
+        // Old deployments leave the cache between batches, never within
+        // one (the indexes below point into it).
+        if self.served_cache.len() > 64 {
+            self.served_cache.clear();
+        }
         let served_idx: Vec<usize> = batch.iter().map(|e| self.served_by(e)).collect();
         let mut buf = Vec::with_capacity(batch.len() * 700);
         // Where each line ends and whose it is, for the Kafka copy.
@@ -554,7 +569,7 @@ impl Writer {
             buf.extend_from_slice(
                 format!("\",\"time\":{},\"user\":{},", e.time_ms, e.user).as_bytes(),
             );
-            buf.extend_from_slice(self.served_cache[served_idx[i]].1.as_bytes());
+            buf.extend_from_slice(self.served_cache[served_idx[i]].fields.as_bytes());
             buf.extend_from_slice(b",\"route\":");
             push_json_str(&mut buf, &e.route);
             buf.extend_from_slice(b",\"status\":");
