@@ -142,17 +142,6 @@ pub struct SegmentRef<'a> {
 }
 
 impl LineageDb {
-    /// Settings for a connection that writes request batches all day: a
-    /// page cache big enough to hold the hot parts of the request indexes
-    /// (the default 2 MiB spills and re-reads pages on every batch), and
-    /// rarer WAL checkpoints, so a page rewritten by many batches is copied
-    /// into the database once instead of once per checkpoint.
-    pub fn tune_for_request_log(&self) -> Result<()> {
-        self.conn
-            .execute_batch("PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;")
-            .map_err(|e| self.err(e))
-    }
-
     /// Index a batch of requests of one open segment in one transaction.
     pub fn insert_requests(&self, seg: &SegmentRef<'_>, rows: &[RequestRow<'_>]) -> Result<()> {
         self.write_txn(|tx| {

@@ -10,7 +10,6 @@
 //! answers stay in order on one partition.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -18,6 +17,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
+use super::log::WarnGate;
 use super::metrics::Metrics;
 
 /// Where to copy the request log.
@@ -45,16 +45,13 @@ pub struct KafkaLogError {
 
 struct Reports {
     metrics: Arc<Metrics>,
-    last_warn_ms: AtomicI64,
+    warned: WarnGate,
 }
 
 impl Reports {
     fn failed(&self, n: u64, why: &dyn std::fmt::Display) {
         self.metrics.log_kafka_failed.inc_by(n);
-        let now = super::log::now_ms();
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        if now - last >= 1000 {
-            self.last_warn_ms.store(now, Ordering::Relaxed);
+        if self.warned.open() {
             tracing::warn!(
                 "request log: {n} line(s) not copied to Kafka: {why} (see recsys_request_log_kafka_failed_total; the local log has them)"
             );
@@ -100,7 +97,7 @@ impl KafkaSink {
             .set("message.timeout.ms", "60000")
             .create_with_context(Reports {
                 metrics,
-                last_warn_ms: AtomicI64::new(0),
+                warned: WarnGate::default(),
             })
             .map_err(|source| KafkaLogError {
                 brokers: opts.brokers.clone(),

@@ -80,8 +80,7 @@ pub struct LogOptions {
     /// Most events per segment write.
     pub batch_max: usize,
     /// Longest a written event waits before it is indexed in lineage.db
-    /// (<= 1 s). Indexing many batches in one transaction touches each page
-    /// of the `(user, time)` index once instead of once per batch.
+    /// (<= 1 s): one transaction for many batches.
     pub index_wait: Duration,
     /// Most events per index transaction.
     pub index_max: usize,
@@ -143,7 +142,23 @@ pub struct RequestLog {
     writer: std::thread::Thread,
     metrics: Arc<Metrics>,
     dropped: Arc<AtomicU64>,
-    last_warn_ms: AtomicI64,
+    warned: WarnGate,
+}
+
+/// Lets a warning through at most once a second, across threads.
+#[derive(Default)]
+pub(crate) struct WarnGate(AtomicI64);
+
+impl WarnGate {
+    pub(crate) fn open(&self) -> bool {
+        let now = now_ms();
+        let last = self.0.load(Ordering::Relaxed);
+        now - last >= 1000
+            && self
+                .0
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -158,7 +173,6 @@ impl RequestLog {
     pub fn start(opts: LogOptions, metrics: Arc<Metrics>) -> Result<RequestLog, LogError> {
         fs::create_dir_all(&opts.dir).map_err(io("create", &opts.dir))?;
         let db = LineageDb::open(&opts.lineage_db)?;
-        db.tune_for_request_log()?;
         let store = LocalStore::open(&opts.store_root, "store")?;
         for rec in recover(&opts.dir, &db, &store)? {
             tracing::warn!("{rec}");
@@ -190,7 +204,7 @@ impl RequestLog {
             thread: std::sync::Mutex::new(Some(thread)),
             metrics,
             dropped,
-            last_warn_ms: AtomicI64::new(0),
+            warned: WarnGate::default(),
         })
     }
 
@@ -201,14 +215,7 @@ impl RequestLog {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.metrics.log_dropped.inc();
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                let now = now_ms();
-                let last = self.last_warn_ms.load(Ordering::Relaxed);
-                if now - last >= 1000
-                    && self
-                        .last_warn_ms
-                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
+                if self.warned.open() {
                     tracing::warn!(
                         "request log queue full: {n} event(s) dropped so far (see recsys_request_log_dropped_total)"
                     );
@@ -298,6 +305,8 @@ struct CachedServed {
     key: (usize, usize),
     _served: Arc<Served>,
     _config: Arc<str>,
+    by: ServedBy,
+    /// `by` as JSON object fields, for the log lines.
     fields: String,
 }
 
@@ -461,11 +470,13 @@ impl Writer {
         if let Some(i) = self.served_cache.iter().position(|c| c.key == key) {
             return i;
         }
+        let by = ev.served.served_by(&ev.config);
         self.served_cache.push(CachedServed {
             key,
             _served: ev.served.clone(),
             _config: ev.config.clone(),
-            fields: served_fields(&ev.served.served_by(&ev.config)),
+            fields: served_fields(&by),
+            by,
         });
         self.served_cache.len() - 1
     }
@@ -495,28 +506,14 @@ impl Writer {
     }
 
     fn try_index(&mut self, events: &[LogEvent]) -> Result<(), LogError> {
+        // The cache is only cleared in `try_write`, so these stay valid.
+        let served_idx: Vec<usize> = events.iter().map(|e| self.served_by(e)).collect();
         let Some(seg) = self.seg.as_ref() else {
             return Ok(());
         };
         let ids: Vec<String> = events
             .iter()
             .map(|e| e.id.hyphenated().to_string())
-            .collect();
-        let mut by: Vec<ServedBy> = Vec::new();
-        let mut keys: Vec<(usize, usize)> = Vec::new();
-        let served_idx: Vec<usize> = events
-            .iter()
-            .map(|e| {
-                let key = served_key(e);
-                match keys.iter().position(|k| *k == key) {
-                    Some(i) => i,
-                    None => {
-                        keys.push(key);
-                        by.push(e.served.served_by(&e.config));
-                        by.len() - 1
-                    }
-                }
-            })
             .collect();
         let rows: Vec<RequestRow<'_>> = events
             .iter()
@@ -525,7 +522,7 @@ impl Writer {
                 id: &ids[i],
                 time: e.time_ms,
                 user: e.user as i64,
-                served: &by[served_idx[i]],
+                served: &self.served_cache[served_idx[i]].by,
                 route: &e.route,
                 status: e.status,
                 latency_us: i64::from(e.latency_us),
