@@ -17,8 +17,33 @@ use serde::{Deserialize, Serialize};
 use super::{LineageDb, LineageError, Result};
 use crate::workspace::SEGMENT_MAGIC;
 
-/// Bumped when the segment layout changes incompatibly.
-pub const SEGMENT_FORMAT: u32 = 1;
+/// Bumped when the segment layout changes incompatibly. Format 1 repeated
+/// the served-by fields (model, dataset, code, config: ~400 bytes) on every
+/// request line; format 2 defines each once per segment in a
+/// `{"recsys_served":n,...}` line and request lines say `"served":n`.
+/// Both are read.
+pub const SEGMENT_FORMAT: u32 = 2;
+
+/// A format-2 definition line: what answered the lines with `"served":n`.
+#[derive(Debug, Deserialize)]
+struct ServedLine {
+    recsys_served: u64,
+    #[serde(flatten)]
+    by: ServedBy,
+}
+
+/// A format-2 request line.
+#[derive(Debug, Deserialize)]
+struct RequestLine {
+    id: String,
+    time: i64,
+    user: i64,
+    served: u64,
+    route: String,
+    status: String,
+    latency_us: i64,
+    items: Vec<String>,
+}
 
 /// Migration 1 -> 2: the request tables.
 pub(crate) const SCHEMA_V2: &str = "BEGIN;
@@ -144,9 +169,21 @@ pub struct SegmentRef<'a> {
 impl LineageDb {
     /// Index a batch of requests of one open segment in one transaction.
     pub fn insert_requests(&self, seg: &SegmentRef<'_>, rows: &[RequestRow<'_>]) -> Result<()> {
+        self.insert_requests_paced(seg, rows, &mut || {})
+    }
+
+    /// [`insert_requests`](Self::insert_requests), calling `pace` after
+    /// every [`PACE_ROWS`] rows: the server's log writer gives way to
+    /// request handlers there instead of holding a core for a whole batch.
+    pub fn insert_requests_paced(
+        &self,
+        seg: &SegmentRef<'_>,
+        rows: &[RequestRow<'_>],
+        pace: &mut dyn FnMut(),
+    ) -> Result<()> {
         self.write_txn(|tx| {
             let seg_id = ensure_segment(tx.tx, seg).map_err(|e| tx.err(e))?;
-            insert_rows(tx.tx, seg_id, rows).map_err(|e| tx.err(e))
+            insert_rows(tx.tx, seg_id, rows, pace).map_err(|e| tx.err(e))
         })
     }
 
@@ -167,7 +204,7 @@ impl LineageDb {
                     .execute("DELETE FROM requests WHERE segment = ?1", [seg_id])
                     .map_err(|e| tx.err(e))?;
             }
-            insert_rows(tx.tx, seg_id, rows).map_err(|e| tx.err(e))?;
+            insert_rows(tx.tx, seg_id, rows, &mut || {}).map_err(|e| tx.err(e))?;
             if let Some((at, digest)) = closed {
                 tx.tx
                     .execute(
@@ -345,10 +382,14 @@ fn ensure_segment(conn: &rusqlite::Connection, seg: &SegmentRef<'_>) -> rusqlite
         .query_row([seg.name], |r| r.get(0))
 }
 
+/// Rows between two calls of an insert's `pace` (about 0.1 ms of work).
+pub const PACE_ROWS: usize = 32;
+
 fn insert_rows(
     conn: &rusqlite::Connection,
     seg_id: i64,
     rows: &[RequestRow<'_>],
+    pace: &mut dyn FnMut(),
 ) -> rusqlite::Result<()> {
     // Keyed by address: rows of one batch share a few `ServedBy` values.
     let mut served_ids: HashMap<*const ServedBy, i64> = HashMap::new();
@@ -356,7 +397,10 @@ fn insert_rows(
         "INSERT INTO requests(id, time, user, served, route, status, latency_us, items, segment)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    for r in rows {
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 && i % PACE_ROWS == 0 {
+            pace();
+        }
         let key: *const ServedBy = r.served;
         let served = match served_ids.get(&key) {
             Some(id) => *id,
@@ -425,20 +469,50 @@ pub fn parse_segment(label: &str, bytes: &[u8]) -> Result<ParsedSegment, Lineage
     let first = lines.next().unwrap_or_default();
     let header: SegmentHeader =
         serde_json::from_slice(first).map_err(|e| bad(format!("header: {e}")))?;
-    if header.recsys_log_segment != SEGMENT_FORMAT {
+    let format = header.recsys_log_segment;
+    if !(1..=SEGMENT_FORMAT).contains(&format) {
         return Err(bad(format!(
-            "format {} is not supported (this recsys reads {SEGMENT_FORMAT})",
-            header.recsys_log_segment
+            "format {format} is not supported (this recsys reads 1 to {SEGMENT_FORMAT})"
         )));
     }
     let mut records = Vec::new();
     let mut bad_lines = 0;
+    let mut served: HashMap<u64, ServedBy> = HashMap::new();
     for line in lines {
         if line.is_empty() || line.starts_with(b"{\"recsys_log_dropped\"") {
             continue;
         }
-        match serde_json::from_slice::<RequestRecord>(line) {
-            Ok(r) => records.push(r),
+        if format == 1 {
+            match serde_json::from_slice::<RequestRecord>(line) {
+                Ok(r) => records.push(r),
+                Err(_) => bad_lines += 1,
+            }
+            continue;
+        }
+        if line.starts_with(b"{\"recsys_served\"") {
+            match serde_json::from_slice::<ServedLine>(line) {
+                Ok(d) => {
+                    served.insert(d.recsys_served, d.by);
+                }
+                Err(_) => bad_lines += 1,
+            }
+            continue;
+        }
+        // A request naming an undefined served-by cannot be explained.
+        match serde_json::from_slice::<RequestLine>(line) {
+            Ok(r) => match served.get(&r.served) {
+                Some(by) => records.push(RequestRecord {
+                    id: r.id,
+                    time: r.time,
+                    user: r.user,
+                    served: by.clone(),
+                    route: r.route,
+                    status: r.status,
+                    latency_us: r.latency_us,
+                    items: r.items,
+                }),
+                None => bad_lines += 1,
+            },
             Err(_) => bad_lines += 1,
         }
     }
@@ -569,5 +643,44 @@ mod tests {
         assert_eq!(v, 3);
         let r = db.request_near(3, 5_100, 1_000).expect("query");
         assert_eq!(r.map(|r| r.id).as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn segments_of_format_1_and_2_parse_to_the_same_records() {
+        let by = served();
+        let fields = serde_json::to_value(&by).expect("json");
+        let mut v1 = serde_json::json!({"id": "a", "time": 5, "user": 7, "route": "default",
+            "status": "ok", "latency_us": 3, "items": ["1", "2"]});
+        for (k, val) in fields.as_object().expect("object") {
+            v1[k] = val.clone();
+        }
+        let one = format!(
+            "{{\"recsys_log_segment\":1,\"name\":\"s\",\"host\":\"h\",\"opened\":1}}\n{v1}\n"
+        );
+        let inner = fields.to_string();
+        let def = format!("{{\"recsys_served\":0,{}", &inner[1..]);
+        let two = format!(
+            "{{\"recsys_log_segment\":2,\"name\":\"s\",\"host\":\"h\",\"opened\":1}}\n{def}\n\
+             {{\"recsys_log_dropped\":2,\"time\":4}}\n\
+             {{\"id\":\"a\",\"time\":5,\"user\":7,\"served\":0,\"route\":\"default\",\"status\":\"ok\",\"latency_us\":3,\"items\":[\"1\",\"2\"]}}\n\
+             {{\"id\":\"b\",\"time\":6,\"user\":8,\"served\":9,\"route\":\"default\",\"status\":\"ok\",\"latency_us\":3,\"items\":[]}}\n\
+             {{\"id\":\"c\",\"time\":6,\"us\n"
+        );
+        let p1 = parse_segment("one", one.as_bytes()).expect("format 1");
+        let p2 = parse_segment("two", two.as_bytes()).expect("format 2");
+        assert_eq!(p1.records, p2.records);
+        assert_eq!(p2.records.len(), 1);
+        assert_eq!(p2.records[0].served, by);
+        assert_eq!(p2.records[0].items, ["1", "2"]);
+        // An undefined served-by and a torn line are counted, not guessed.
+        assert_eq!(p2.bad_lines, 2);
+        let three = two.replace("\"recsys_log_segment\":2", "\"recsys_log_segment\":3");
+        let err = parse_segment("three", three.as_bytes())
+            .err()
+            .expect("format 3");
+        assert!(
+            err.to_string().contains("format 3 is not supported"),
+            "{err}"
+        );
     }
 }

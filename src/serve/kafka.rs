@@ -7,7 +7,10 @@
 //! counted (`recsys_request_log_kafka_failed_total`) and warned about at
 //! most once a second, and delivery reports are served from the log
 //! writer's thread. Each line is keyed by its user id, so one user's
-//! answers stay in order on one partition.
+//! answers stay in order on one partition. A topic message is the request
+//! as one self-contained JSON object (the served-by fields inline, as in
+//! segment format 1), since a consumer never sees the segment's
+//! `recsys_served` definitions.
 
 use std::sync::Arc;
 use std::time::Duration;

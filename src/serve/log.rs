@@ -263,6 +263,9 @@ impl Drop for RequestLog {
     }
 }
 
+/// Events formatted between two `yield_now`s (well under 0.1 ms of work).
+const PACE_EVENTS: usize = 64;
+
 struct OpenSegment {
     name: String,
     host: String,
@@ -273,6 +276,8 @@ struct OpenSegment {
     bytes: u64,
     /// BLAKE3 of every byte written so far: closing needs no re-read.
     hash: blake3::Hasher,
+    /// The number the next `{"recsys_served":n,...}` line defines.
+    next_served: u32,
 }
 
 impl OpenSegment {
@@ -308,6 +313,8 @@ struct CachedServed {
     by: ServedBy,
     /// `by` as JSON object fields, for the log lines.
     fields: String,
+    /// Its number in the open segment, once defined there.
+    in_segment: Option<u32>,
 }
 
 /// Which (model, config) served an event, by address: events of one
@@ -477,6 +484,7 @@ impl Writer {
             _config: ev.config.clone(),
             fields: served_fields(&by),
             by,
+            in_segment: None,
         });
         self.served_cache.len() - 1
     }
@@ -529,13 +537,21 @@ impl Writer {
                 items: std::str::from_utf8(&e.body).unwrap_or(""),
             })
             .collect();
-        self.db.insert_requests(&seg.seg_ref(), &rows)?;
+        // A second of requests is ~100 ms of inserts: giving the core back
+        // every few rows keeps the scheduler from parking a request
+        // handler behind the whole transaction.
+        self.db
+            .insert_requests_paced(&seg.seg_ref(), &rows, &mut std::thread::yield_now)?;
         Ok(())
     }
 
     fn try_write(&mut self, batch: &[LogEvent]) -> Result<(), LogError> {
         if self.seg.is_none() {
             self.seg = Some(open_segment(&self.opts)?);
+            // A new segment defines every served-by again.
+            for c in &mut self.served_cache {
+                c.in_segment = None;
+            }
         }
         // Old deployments leave the cache between batches, never within
         // one (the indexes below point into it).
@@ -543,52 +559,71 @@ impl Writer {
             self.served_cache.clear();
         }
         let served_idx: Vec<usize> = batch.iter().map(|e| self.served_by(e)).collect();
-        let mut buf = Vec::with_capacity(batch.len() * 700);
-        // Where each line ends and whose it is, for the Kafka copy.
-        let mut lines: Vec<(usize, Option<u64>)> = Vec::new();
+        let Some(seg) = self.seg.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = Vec::with_capacity(batch.len() * 320);
+        // The Kafka copy: self-contained lines (served-by fields inline),
+        // each with the user it is keyed by.
+        let mut kafka_buf = Vec::new();
+        let mut kafka_lines: Vec<(usize, Option<u64>)> = Vec::new();
+        let to_kafka = self.kafka.is_some();
         let dropped = self.dropped.load(Ordering::Relaxed);
         if dropped != self.dropped_noted {
             let note = serde_json::json!({"recsys_log_dropped": dropped - self.dropped_noted, "time": now_ms()});
-            buf.extend_from_slice(note.to_string().as_bytes());
+            let note = note.to_string();
+            buf.extend_from_slice(note.as_bytes());
             buf.push(b'\n');
-            lines.push((buf.len(), None));
+            if to_kafka {
+                kafka_buf.extend_from_slice(note.as_bytes());
+                kafka_lines.push((kafka_buf.len(), None));
+            }
             self.dropped_noted = dropped;
         }
-        for (i, e) in batch.iter().enumerate() {
-            // Same fields as `RequestRecord`, written by hand: this runs
-            // for every answer and serde's `flatten` is slow.
+        for (i, (e, &ci)) in batch.iter().zip(&served_idx).enumerate() {
+            if i > 0 && i % PACE_EVENTS == 0 {
+                // Give way to request handlers (see `try_index`).
+                std::thread::yield_now();
+            }
+            let served = &mut self.served_cache[ci];
+            let n = match served.in_segment {
+                Some(n) => n,
+                None => {
+                    let n = seg.next_served;
+                    seg.next_served += 1;
+                    served.in_segment = Some(n);
+                    write_served_line(&mut buf, n, &served.fields);
+                    n
+                }
+            };
+            // Same fields as `RequestRecord` (format 2: served-by by
+            // number), written by hand: this runs for every answer.
+            let start = buf.len();
             buf.extend_from_slice(b"{\"id\":\"");
             buf.extend_from_slice(
                 e.id.hyphenated()
                     .encode_lower(&mut uuid::Uuid::encode_buffer())
                     .as_bytes(),
             );
-            buf.extend_from_slice(
-                format!("\",\"time\":{},\"user\":{},", e.time_ms, e.user).as_bytes(),
-            );
-            buf.extend_from_slice(self.served_cache[served_idx[i]].fields.as_bytes());
+            let _ = write!(buf, "\",\"time\":{},\"user\":{},", e.time_ms, e.user);
+            let head_end = buf.len();
+            let _ = write!(buf, "\"served\":{n}");
+            let tail_start = buf.len();
             buf.extend_from_slice(b",\"route\":");
             push_json_str(&mut buf, &e.route);
             buf.extend_from_slice(b",\"status\":");
             push_json_str(&mut buf, e.status);
-            buf.extend_from_slice(
-                format!(",\"latency_us\":{},\"items\":[", e.latency_us).as_bytes(),
-            );
-            let body = std::str::from_utf8(&e.body).unwrap_or("");
-            if !body.is_empty() {
-                for (j, item) in body.split(',').enumerate() {
-                    if j > 0 {
-                        buf.push(b',');
-                    }
-                    push_json_str(&mut buf, item);
-                }
+            let _ = write!(buf, ",\"latency_us\":{},\"items\":", e.latency_us);
+            push_items(&mut buf, &e.body);
+            buf.push(b'}');
+            if to_kafka {
+                kafka_buf.extend_from_slice(&buf[start..head_end]);
+                kafka_buf.extend_from_slice(served.fields.as_bytes());
+                kafka_buf.extend_from_slice(&buf[tail_start..]);
+                kafka_lines.push((kafka_buf.len(), Some(e.user)));
             }
-            buf.extend_from_slice(b"]}\n");
-            lines.push((buf.len(), Some(e.user)));
+            buf.push(b'\n');
         }
-        let Some(seg) = self.seg.as_mut() else {
-            return Ok(());
-        };
         seg.file
             .write_all(&buf)
             .map_err(io("append to", &seg.path))?;
@@ -597,14 +632,54 @@ impl Writer {
         seg.hash.update(&buf);
         if let Some(k) = &mut self.kafka {
             let mut start = 0;
-            for (end, user) in lines {
-                k.send(user, &buf[start..end - 1]);
+            for (end, user) in kafka_lines {
+                k.send(user, &kafka_buf[start..end]);
                 start = end;
             }
         }
         self.metrics.log_written.inc_by(batch.len() as u64);
         Ok(())
     }
+}
+
+/// `{"recsys_served":n,<fields>}`: what answered the lines that follow
+/// with `"served":n`, defined once per segment.
+fn write_served_line(buf: &mut Vec<u8>, n: u32, fields: &str) {
+    let _ = write!(buf, "{{\"recsys_served\":{n},");
+    buf.extend_from_slice(fields.as_bytes());
+    buf.extend_from_slice(b"}\n");
+}
+
+/// The answer's item ids (joined by `,`) as a JSON array of strings, in
+/// one pass when no id needs escaping (the usual case).
+fn push_items(buf: &mut Vec<u8>, body: &[u8]) {
+    if body.is_empty() {
+        buf.extend_from_slice(b"[]");
+        return;
+    }
+    if body
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        buf.reserve(body.len() * 3 + 4);
+        buf.extend_from_slice(b"[\"");
+        for part in body.split(|b| *b == b',').enumerate() {
+            if part.0 > 0 {
+                buf.extend_from_slice(b"\",\"");
+            }
+            buf.extend_from_slice(part.1);
+        }
+        buf.extend_from_slice(b"\"]");
+        return;
+    }
+    buf.push(b'[');
+    for (j, item) in String::from_utf8_lossy(body).split(',').enumerate() {
+        if j > 0 {
+            buf.push(b',');
+        }
+        push_json_str(buf, item);
+    }
+    buf.push(b']');
 }
 
 fn open_segment(opts: &LogOptions) -> Result<OpenSegment, LogError> {
@@ -641,6 +716,7 @@ fn open_segment(opts: &LogOptions) -> Result<OpenSegment, LogError> {
         bytes: line.len() as u64,
         path,
         file,
+        next_served: 0,
     })
 }
 
@@ -708,7 +784,30 @@ pub fn recover(dir: &Path, db: &LineageDb, store: &LocalStore) -> Result<Vec<Str
 
 #[cfg(test)]
 mod tests {
-    use super::push_json_str;
+    use super::{push_items, push_json_str};
+
+    #[test]
+    fn items_become_a_json_array_of_strings() {
+        for body in [
+            "",
+            "1",
+            "12,345,6",
+            "a\"b,c\\d",
+            "x\ny,caf\u{e9}",
+            ",",
+            "1,,2",
+        ] {
+            let mut buf = Vec::new();
+            push_items(&mut buf, body.as_bytes());
+            let back: Vec<String> = serde_json::from_slice(&buf).expect("valid JSON array");
+            let want: Vec<&str> = if body.is_empty() {
+                Vec::new()
+            } else {
+                body.split(',').collect()
+            };
+            assert_eq!(back, want, "{body:?}");
+        }
+    }
 
     #[test]
     fn json_strings_round_trip_with_and_without_escaping() {

@@ -991,16 +991,21 @@ fn the_request_log_is_copied_to_a_kafka_topic_keyed_by_user() {
         .expect("closed")
         .parse()
         .expect("digest");
-    let segment = std::fs::read_to_string(p.ws().store.object_path(&d)).expect("segment");
-    let lines: BTreeSet<&str> = segment.lines().skip(1).collect();
+    let segment = std::fs::read(p.ws().store.object_path(&d)).expect("segment");
+    let logged = recsys::lineage::requests::parse_segment("segment", &segment).expect("parse");
+    assert_eq!(logged.bad_lines, 0);
     for (key, payload) in &got {
         let v: serde_json::Value = serde_json::from_str(payload).expect("JSON line");
         let id = v["id"].as_str().expect("id");
         assert_eq!(key, &sent[id].to_string(), "key is the user id");
         assert_eq!(v["user"], sent[id]);
+        // Self-contained (served-by inline), and the same request as the
+        // local log's line.
+        let record: recsys::lineage::requests::RequestRecord =
+            serde_json::from_str(payload).expect("a request record");
         assert!(
-            lines.contains(payload.as_str()),
-            "same bytes as the local log: {payload}"
+            logged.records.contains(&record),
+            "the local log has the same request: {payload}"
         );
         assert!(v["model_digest"].as_str().is_some_and(|s| s.len() == 64));
     }
