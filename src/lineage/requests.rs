@@ -382,7 +382,7 @@ fn ensure_segment(conn: &rusqlite::Connection, seg: &SegmentRef<'_>) -> rusqlite
         .query_row([seg.name], |r| r.get(0))
 }
 
-/// Rows between two calls of an insert's `pace` (about 0.1 ms of work).
+/// Rows between two calls of an insert's `pace` (well under 0.1 ms).
 pub const PACE_ROWS: usize = 32;
 
 fn insert_rows(

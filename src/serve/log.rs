@@ -263,8 +263,34 @@ impl Drop for RequestLog {
     }
 }
 
-/// Events formatted between two `yield_now`s (well under 0.1 ms of work).
-const PACE_EVENTS: usize = 64;
+/// Gives the core back (`sched_yield`) after every `slice` of continuous
+/// work, so a batch never holds a core that request handlers wait for.
+/// A yield can cost a few milliseconds of wall time when both cores are
+/// busy, so it is rationed by time: yielding every few dozen events starved
+/// the writer under load (the queue filled and events were dropped).
+struct Pacer {
+    since: Instant,
+    slice: Duration,
+}
+
+impl Pacer {
+    fn new(slice: Duration) -> Pacer {
+        Pacer {
+            since: Instant::now(),
+            slice,
+        }
+    }
+
+    fn tick(&mut self) {
+        if self.since.elapsed() >= self.slice {
+            std::thread::yield_now();
+            self.since = Instant::now();
+        }
+    }
+}
+
+/// Continuous work between two yields of the writer.
+const PACE_SLICE: Duration = Duration::from_millis(1);
 
 struct OpenSegment {
     name: String,
@@ -537,11 +563,10 @@ impl Writer {
                 items: std::str::from_utf8(&e.body).unwrap_or(""),
             })
             .collect();
-        // A second of requests is ~100 ms of inserts: giving the core back
-        // every few rows keeps the scheduler from parking a request
-        // handler behind the whole transaction.
+        // A second of requests is ~100 ms of inserts: see `Pacer`.
+        let mut pacer = Pacer::new(PACE_SLICE);
         self.db
-            .insert_requests_paced(&seg.seg_ref(), &rows, &mut std::thread::yield_now)?;
+            .insert_requests_paced(&seg.seg_ref(), &rows, &mut || pacer.tick())?;
         Ok(())
     }
 
@@ -580,11 +605,9 @@ impl Writer {
             }
             self.dropped_noted = dropped;
         }
-        for (i, (e, &ci)) in batch.iter().zip(&served_idx).enumerate() {
-            if i > 0 && i % PACE_EVENTS == 0 {
-                // Give way to request handlers (see `try_index`).
-                std::thread::yield_now();
-            }
+        let mut pacer = Pacer::new(PACE_SLICE);
+        for (e, &ci) in batch.iter().zip(&served_idx) {
+            pacer.tick();
             let served = &mut self.served_cache[ci];
             let n = match served.in_segment {
                 Some(n) => n,
