@@ -145,7 +145,8 @@ print("  p99 latency @16 conns, logging on: %.2f ms  (baseline %.2f ms; target <
 print("    -> ratio p99 recsys / baseline:  %.2f" % (p99_16 / b16["p99_ms"]))
 print("  throughput @64 conns, logging off: %s req/s" % r(med(x["rps"] for x in off64)))
 print("    -> logging on / off:              %.2f    (target >= 0.85; median of the pairs' ratios)" % med(a["rps"] / b["rps"] for a, b in zip(on64, off64)))
-print("  log events dropped (queue full):   %s" % dropped)
+print("  log events dropped (queue full):   %s%s" % (dropped, "" if dropped == "0" else
+      "   <- must be 0: a run that drops events logged less than it served, so its on/off ratio flatters"))
 for i, v in lookup.items():
     print("  recsys lineage <id> with %d rows: median %.1f ms, max %.1f ms  (target < 10 ms)  [%s]" % (total, v["median_ms"], v["max_ms"], i))
 PY
