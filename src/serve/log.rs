@@ -522,6 +522,11 @@ impl Writer {
         match self.try_write(batch) {
             Ok(()) => true,
             Err(e) => {
+                // Definitions in the failed write may not be in the file:
+                // the next batch defines its served-by again.
+                for c in &mut self.served_cache {
+                    c.in_segment = None;
+                }
                 self.metrics.log_errors.inc();
                 tracing::error!("request log: {e}");
                 false
@@ -686,11 +691,11 @@ fn push_items(buf: &mut Vec<u8>, body: &[u8]) {
     {
         buf.reserve(body.len() * 3 + 4);
         buf.extend_from_slice(b"[\"");
-        for part in body.split(|b| *b == b',').enumerate() {
-            if part.0 > 0 {
+        for (j, item) in body.split(|b| *b == b',').enumerate() {
+            if j > 0 {
                 buf.extend_from_slice(b"\",\"");
             }
-            buf.extend_from_slice(part.1);
+            buf.extend_from_slice(item);
         }
         buf.extend_from_slice(b"\"]");
         return;

@@ -477,16 +477,7 @@ async fn a_full_log_queue_drops_counted_and_never_blocks_an_answer() {
         .await
         .expect("stop");
     // The drop is noted in the durable log too.
-    let db = p.lineage();
-    let segs = db.segments().expect("segments");
-    assert_eq!(segs.len(), 1);
-    let d: recsys::store::Digest = segs[0]
-        .digest
-        .as_deref()
-        .expect("closed")
-        .parse()
-        .expect("digest");
-    let bytes = std::fs::read(p.ws().store.object_path(&d)).expect("segment object");
+    let bytes = the_closed_segment(&p);
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.starts_with("{\"recsys_log_segment\":"), "{text}");
     assert!(text.contains("{\"recsys_log_dropped\":"), "{text}");
@@ -664,6 +655,19 @@ fn signal(child: &Child, sig: &str) {
         .status()
         .expect("kill");
     assert!(st.success());
+}
+
+/// The bytes of the project's one request-log segment, closed into the store.
+fn the_closed_segment(p: &Project) -> Vec<u8> {
+    let segs = p.lineage().segments().expect("segments");
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let d: recsys::store::Digest = segs[0]
+        .digest
+        .as_deref()
+        .expect("closed")
+        .parse()
+        .expect("digest");
+    std::fs::read(p.ws().store.object_path(&d)).expect("segment object")
 }
 
 fn open_segments(root: &Path) -> Vec<PathBuf> {
@@ -982,16 +986,8 @@ fn the_request_log_is_copied_to_a_kafka_topic_keyed_by_user() {
 
     let got = consume_all(&brokers, "requests", 25, Duration::from_secs(30));
     assert_eq!(got.len(), 25, "{got:?}");
-    // Each message is the segment's line for that request, keyed by user.
-    let db = p.lineage();
-    let segs = db.segments().expect("segments");
-    let d: recsys::store::Digest = segs[0]
-        .digest
-        .as_deref()
-        .expect("closed")
-        .parse()
-        .expect("digest");
-    let segment = std::fs::read(p.ws().store.object_path(&d)).expect("segment");
+    // Each message is the request the segment logged, keyed by user.
+    let segment = the_closed_segment(&p);
     let logged = recsys::lineage::requests::parse_segment("segment", &segment).expect("parse");
     assert_eq!(logged.bad_lines, 0);
     for (key, payload) in &got {
