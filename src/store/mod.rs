@@ -128,6 +128,35 @@ pub trait Writer: Send + Sync {
     fn commit(self: Box<Self>) -> Result<()>;
 }
 
+/// Put many files into one batch, in order, returning their digests. Small
+/// files are read on a second thread while this one writes the previous
+/// ones: the reads (in the source directory) overlap the creates (in the
+/// store), which run one at a time since parallel creates in one directory
+/// contend on its lock. Large files go through [`Source::Path`].
+pub fn put_files(w: &dyn Writer, paths: &[&Path], progress: &dyn Progress) -> Result<Vec<Digest>> {
+    const AHEAD: usize = 64;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD);
+        s.spawn(move || {
+            for (i, p) in paths.iter().enumerate() {
+                if tx.send((i, local::read_small(p))).is_err() {
+                    return; // the writer gave up
+                }
+            }
+        });
+        let mut out = Vec::with_capacity(paths.len());
+        for (i, read) in rx {
+            let p = paths[i];
+            let (d, _) = match read.ctx("read", p)? {
+                Some(bytes) => w.put(Source::Bytes(&bytes), None, progress)?,
+                None => w.put(Source::Path(p), None, progress)?,
+            };
+            out.push(d);
+        }
+        Ok(out)
+    })
+}
+
 /// Store one small object at once (its own batch).
 pub fn put_bytes(store: &dyn ObjectStore, bytes: &[u8]) -> Result<Digest> {
     let w = store.begin()?;
