@@ -138,15 +138,16 @@ pub fn put_files(w: &dyn Writer, paths: &[&Path], progress: &dyn Progress) -> Re
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD);
         s.spawn(move || {
-            for (i, p) in paths.iter().enumerate() {
-                if tx.send((i, local::read_small(p))).is_err() {
+            for p in paths {
+                if tx.send(local::read_small(p)).is_err() {
                     return; // the writer gave up
                 }
             }
         });
+        // In order: one reader, one channel. (Were the reader to panic, the
+        // scope would re-raise it rather than return a short list.)
         let mut out = Vec::with_capacity(paths.len());
-        for (i, read) in rx {
-            let p = paths[i];
+        for (&p, read) in paths.iter().zip(rx) {
             let (d, _) = match read.ctx("read", p)? {
                 Some(bytes) => w.put(Source::Bytes(&bytes), None, progress)?,
                 None => w.put(Source::Path(p), None, progress)?,
