@@ -15,7 +15,8 @@ use crate::progress::Progress;
 const SYNCFS_THRESHOLD: usize = 16;
 /// Files at least this large are copied in kernel space and hashed with all cores.
 const BIG_FILE: u64 = 1 << 20;
-const COPY_CHUNK: usize = 64 << 20;
+/// Large files are copied, hashed and flushed in chunks of this size.
+const COPY_CHUNK: usize = 16 << 20;
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -277,6 +278,90 @@ pub(crate) fn read_small(p: &Path) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
+/// Copy a large file into the temp file `out` in kernel space while two
+/// helper threads work behind the copy: one hashes each copied chunk, read
+/// back from the temp file (so the digest names the stored bytes even if
+/// the source changes under us), the other flushes the chunks to disk
+/// (`fdatasync`). By the time the copy ends the hash is nearly done and
+/// little is left for the commit's sync; `cp` then `sync` does the three
+/// one after the other.
+fn copy_big(
+    input: &mut File,
+    out: &mut File,
+    src: &Path,
+    tmp: &Path,
+    progress: &dyn Progress,
+) -> Result<(Digest, u64)> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::mpsc::{TrySendError, sync_channel};
+    let reader = File::open(tmp).ctx("open", tmp)?;
+    let flusher = out.try_clone().ctx("open", tmp)?;
+    std::thread::scope(|s| {
+        // Bytes copied so far, to the hasher; "more to flush", to the flusher.
+        let (copied_tx, copied_rx) = sync_channel::<u64>(1024);
+        let (flush_tx, flush_rx) = sync_channel::<()>(1);
+        let hasher = s.spawn(move || -> std::io::Result<Digest> {
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; COPY_CHUNK];
+            let mut pos = 0u64;
+            for end in copied_rx {
+                while pos < end {
+                    let n = (end - pos).min(buf.len() as u64) as usize;
+                    reader.read_exact_at(&mut buf[..n], pos)?;
+                    h.update_rayon(&buf[..n]);
+                    pos += n as u64;
+                }
+            }
+            Ok(h.finalize().into())
+        });
+        let flushed = s.spawn(move || -> std::io::Result<()> {
+            while flush_rx.recv().is_ok() {
+                flusher.sync_data()?;
+            }
+            flusher.sync_data()
+        });
+        let copied = (|| -> Result<u64> {
+            let mut copied = 0u64;
+            loop {
+                match rustix::fs::copy_file_range(&*input, None, &*out, None, COPY_CHUNK) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        copied += n as u64;
+                        progress.advance(n as u64);
+                    }
+                    Err(_) if copied == 0 => {
+                        copied = std::io::copy(input, out).ctx("copy", src)?;
+                        progress.advance(copied);
+                        let _ = copied_tx.send(copied);
+                        break;
+                    }
+                    Err(e) => return Err(std::io::Error::from(e)).ctx("copy", src),
+                }
+                if copied_tx.send(copied).is_err() {
+                    break; // the hasher failed: its error is reported below
+                }
+                match flush_tx.try_send(()) {
+                    Ok(()) | Err(TrySendError::Full(())) => {}
+                    Err(TrySendError::Disconnected(())) => break,
+                }
+            }
+            Ok(copied)
+        })();
+        drop(copied_tx);
+        drop(flush_tx);
+        let digest = hasher
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let flush = flushed
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let copied = copied?;
+        let digest = digest.ctx("hash", tmp)?;
+        flush.ctx("sync", tmp)?;
+        Ok((digest, copied))
+    })
+}
+
 /// BLAKE3 of a file, memory-mapped and hashed on all cores when large.
 pub fn hash_file(p: &Path) -> Result<Digest> {
     let mut h = blake3::Hasher::new();
@@ -423,26 +508,7 @@ impl LocalWriter<'_> {
                     return Ok((Digest::of(&buf), buf.len() as u64));
                 }
                 let mut input = File::open(p).ctx("open", p)?;
-                // Copy in kernel space, then hash what actually landed in
-                // the temp file: the digest names the stored bytes even if
-                // the source changes under us.
-                let mut copied = 0u64;
-                loop {
-                    match rustix::fs::copy_file_range(&input, None, &*f, None, COPY_CHUNK) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            copied += n as u64;
-                            progress.advance(n as u64);
-                        }
-                        Err(_) if copied == 0 => {
-                            copied = std::io::copy(&mut input, f).ctx("copy", p)?;
-                            progress.advance(copied);
-                            break;
-                        }
-                        Err(e) => return Err(std::io::Error::from(e)).ctx("copy", p),
-                    }
-                }
-                Ok((hash_file(tmp)?, copied))
+                copy_big(&mut input, f, p, tmp, progress)
             }
             Source::Reader(r) => {
                 let mut h = blake3::Hasher::new();
