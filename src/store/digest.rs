@@ -14,11 +14,20 @@ impl Digest {
 
     pub fn hex(&self) -> String {
         let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(HEX[(b >> 4) as usize] as char);
-            s.push(HEX[(b & 0xf) as usize] as char);
-        }
+        self.push_hex(&mut s);
         s
+    }
+
+    /// Append the 64 hex digits to `s` (no allocation: manifests write
+    /// one per file).
+    pub fn push_hex(&self, s: &mut String) {
+        let mut buf = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = HEX[(b >> 4) as usize];
+            buf[2 * i + 1] = HEX[(b & 0xf) as usize];
+        }
+        // Only ASCII hex digits were written.
+        s.push_str(std::str::from_utf8(&buf).unwrap_or_default());
     }
 
     /// The first 12 hex digits, for human output.

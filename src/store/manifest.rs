@@ -13,6 +13,25 @@ use crate::paths::check_relative;
 
 const HEADER: &str = "recsys-manifest 1";
 
+/// `<digest> <size> <mode octal> <path>\n`, written without the
+/// formatting machinery (a manifest of 20,000 files is built on every
+/// `status`).
+fn push_line(s: &mut String, digest: &Digest, size: u64, mode: u32, path: &str) {
+    use std::fmt::Write;
+    digest.push_hex(s);
+    s.push(' ');
+    let _ = write!(s, "{size}");
+    match mode {
+        0o644 => s.push_str(" 644 "),
+        0o755 => s.push_str(" 755 "),
+        _ => {
+            let _ = write!(s, " {mode:o} ");
+        }
+    }
+    s.push_str(path);
+    s.push('\n');
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// `/`-separated path relative to the directory.
@@ -44,10 +63,23 @@ impl Manifest {
         s.push_str(HEADER);
         s.push('\n');
         for e in &self.entries {
-            use std::fmt::Write;
-            let _ = writeln!(s, "{} {} {:o} {}", e.digest, e.size, e.mode, e.path);
+            push_line(&mut s, &e.digest, e.size, e.mode, &e.path);
         }
         s.into_bytes()
+    }
+
+    /// The digest of the manifest of `entries` (path, digest, size, mode),
+    /// which must be sorted by path, without building the manifest.
+    pub fn digest_of_sorted<'a>(
+        entries: impl ExactSizeIterator<Item = (&'a str, &'a Digest, u64, u32)>,
+    ) -> Digest {
+        let mut s = String::with_capacity(32 + entries.len() * 100);
+        s.push_str(HEADER);
+        s.push('\n');
+        for (path, digest, size, mode) in entries {
+            push_line(&mut s, digest, size, mode, path);
+        }
+        Digest::of(s.as_bytes())
     }
 
     pub fn digest(&self) -> Digest {

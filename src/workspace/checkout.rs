@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::scan::{Scan, digest_of};
+use super::scan::{Scan, artifact_digest};
 use super::{IoCtx, Pointer, Result, Workspace, WorkspaceError};
 use crate::progress::Progress;
 use crate::store::link::{LinkMode, materialize};
@@ -182,7 +182,7 @@ impl Workspace {
         };
         if !matches!(scan, Scan::Missing) {
             self.hash_uncached(&mut scan)?;
-            if digest_of(&scan).map(|x| x.0) == Some(p.digest) {
+            if artifact_digest(&scan) == Some(p.digest) {
                 self.remember(art_rel, &scan)?;
                 return Ok(done(0));
             }

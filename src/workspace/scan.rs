@@ -2,7 +2,6 @@
 //! and — through the stat cache in `store/state.db` — which digests, so an
 //! unchanged file is never re-hashed.
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -43,7 +42,8 @@ impl Scan {
     }
 }
 
-type Cache = HashMap<String, (Stamp, Digest, u32)>;
+/// One remembered file: relative path, stamp, digest, mode.
+type Cached<'a> = (&'a str, Stamp, Digest, u32);
 
 fn encode(files: &[FileScan]) -> Vec<u8> {
     let mut out = Vec::with_capacity(files.len() * 80);
@@ -60,9 +60,12 @@ fn encode(files: &[FileScan]) -> Vec<u8> {
     out
 }
 
-/// A damaged cache blob decodes to as much as is intact: it is only a cache.
-fn decode(mut b: &[u8]) -> Cache {
-    let mut m = HashMap::new();
+/// The remembered files, sorted by path (as [`encode`] wrote them), borrowed
+/// from the blob. A damaged blob decodes to as much as is intact: it is
+/// only a cache.
+fn decode(mut b: &[u8]) -> Vec<Cached<'_>> {
+    // About 80 bytes per file: size the list once.
+    let mut out = Vec::with_capacity(b.len() / 72);
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if b.len() < n {
             return None;
@@ -89,6 +92,9 @@ fn decode(mut b: &[u8]) -> Cache {
         ) else {
             break;
         };
+        let Ok(rel) = std::str::from_utf8(rel) else {
+            break;
+        };
         let mut digest = [0u8; 32];
         digest.copy_from_slice(d);
         let stamp = Stamp {
@@ -96,45 +102,143 @@ fn decode(mut b: &[u8]) -> Cache {
             mtime_ns: u64_of(mt) as i64,
             ino: u64_of(ino),
         };
-        m.insert(
-            String::from_utf8_lossy(rel).into_owned(),
-            (
-                stamp,
-                Digest(digest),
-                u32::from_le_bytes([mode[0], mode[1], mode[2], mode[3]]),
-            ),
-        );
+        out.push((
+            rel,
+            stamp,
+            Digest(digest),
+            u32::from_le_bytes([mode[0], mode[1], mode[2], mode[3]]),
+        ));
     }
-    m
+    if !out.is_sorted_by(|a, b| a.0 < b.0) {
+        out.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+    }
+    out
+}
+
+/// Fill in the digests the cache knows: both lists are sorted by path, so
+/// one merge pass (no hashing, no allocation) matches them up. A digest is
+/// taken only when stamp and mode are unchanged.
+fn fill_from_cache(files: &mut [FileScan], cache: &[Cached<'_>]) {
+    let mut c = cache.iter().peekable();
+    for f in files {
+        while c.next_if(|e| e.0 < f.rel.as_str()).is_some() {}
+        if let Some(&&(rel, stamp, d, mode)) = c.peek()
+            && rel == f.rel
+            && stamp == f.stamp
+            && mode == f.mode
+        {
+            f.digest = Some(d);
+        }
+    }
 }
 
 fn mode_of(m: &fs::Metadata) -> u32 {
     if m.mode() & 0o111 != 0 { 0o755 } else { 0o644 }
 }
 
-impl Workspace {
-    /// Regular-file metadata of `abs`, following a symlink only when it
-    /// stays inside the project (e.g. a `--link symlink` checkout).
-    fn file_meta(&self, abs: &Path, lmeta: fs::Metadata) -> Result<Option<fs::Metadata>> {
-        if !lmeta.file_type().is_symlink() {
-            return Ok(Some(lmeta));
-        }
-        let target = match fs::canonicalize(abs) {
-            Ok(t) => t,
-            Err(_) => return Ok(None), // dangling link: treated as missing
-        };
-        if !target.starts_with(&self.root) {
-            return Err(WorkspaceError::Path {
-                path: abs.to_path_buf(),
-                source: crate::paths::PathError::SymlinkEscape {
-                    path: abs.to_path_buf(),
-                    link: target,
-                },
-            });
-        }
-        Ok(Some(fs::metadata(abs).ctx("stat", abs)?))
+/// Regular-file metadata of `abs`, following a symlink only when it stays
+/// inside the project `root` (e.g. a `--link symlink` checkout).
+fn file_meta(root: &Path, abs: &Path, lmeta: fs::Metadata) -> Result<Option<fs::Metadata>> {
+    if !lmeta.file_type().is_symlink() {
+        return Ok(Some(lmeta));
     }
+    let target = match fs::canonicalize(abs) {
+        Ok(t) => t,
+        Err(_) => return Ok(None), // dangling link: treated as missing
+    };
+    if !target.starts_with(root) {
+        return Err(WorkspaceError::Path {
+            path: abs.to_path_buf(),
+            source: crate::paths::PathError::SymlinkEscape {
+                path: abs.to_path_buf(),
+                link: target,
+            },
+        });
+    }
+    Ok(Some(fs::metadata(abs).ctx("stat", abs)?))
+}
 
+/// What one directory entry of a tracked directory is.
+enum Found {
+    Dir(PathBuf, String),
+    File(FileScan),
+    Skip,
+}
+
+/// Look at one entry of the directory `rel` (relative to the artifact).
+fn entry(root: &Path, rel: &str, e: &fs::DirEntry) -> Result<Found> {
+    let name = e.file_name();
+    let Some(name) = name.to_str() else {
+        return Err(WorkspaceError::Invalid(format!(
+            "{}: file names must be UTF-8",
+            e.path().display()
+        )));
+    };
+    let child = if rel.is_empty() {
+        name.to_string()
+    } else {
+        format!("{rel}/{name}")
+    };
+    let p = e.path();
+    crate::paths::check_relative(&child).map_err(|source| WorkspaceError::Path {
+        path: p.clone(),
+        source,
+    })?;
+    let lm = e.metadata().ctx("stat", &p)?;
+    if lm.is_dir() {
+        return Ok(Found::Dir(p, child));
+    }
+    let Some(m) = file_meta(root, &p, lm)? else {
+        return Ok(Found::Skip);
+    };
+    if m.is_dir() {
+        return Err(WorkspaceError::Invalid(format!(
+            "{}: symlinks to directories inside a tracked directory are not supported",
+            p.display()
+        )));
+    }
+    if !m.is_file() {
+        return Ok(Found::Skip);
+    }
+    Ok(Found::File(FileScan {
+        rel: child,
+        abs: p,
+        stamp: Stamp::of(&m),
+        mode: mode_of(&m),
+        digest: None,
+    }))
+}
+
+/// Every regular file under the directory `abs`, sorted by relative path,
+/// digests not filled in. Each directory's entries are looked at on all
+/// cores: on a directory of 20,000 small files the stats were a third of
+/// `status`.
+fn walk(root: &Path, abs: &Path) -> Result<Vec<FileScan>> {
+    let mut files = Vec::new();
+    let mut stack = vec![(abs.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let entries = fs::read_dir(&dir)
+            .ctx("list", &dir)?
+            .collect::<std::io::Result<Vec<fs::DirEntry>>>()
+            .ctx("list", &dir)?;
+        let found = entries
+            .par_iter()
+            .map(|e| entry(root, &rel, e))
+            .collect::<Vec<_>>();
+        for f in found {
+            match f? {
+                Found::Dir(p, child) => stack.push((p, child)),
+                Found::File(f) => files.push(f),
+                Found::Skip => {}
+            }
+        }
+    }
+    files.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(files)
+}
+
+impl Workspace {
     /// Stat an artifact (relative path) and fill digests from the cache.
     pub(crate) fn scan(&self, art_rel: &str) -> Result<Scan> {
         let abs = self.root.join(art_rel);
@@ -149,86 +253,45 @@ impl Workspace {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Scan::Missing),
             Err(e) => return Err(e).ctx("stat", &abs),
         };
-        let Some(meta) = self.file_meta(&abs, lmeta)? else {
+        let Some(meta) = file_meta(&self.root, &abs, lmeta)? else {
             return Ok(Scan::Missing);
         };
-        let cache = match self.store.state() {
-            Some(s) => decode(&s.worktree_get(art_rel)?.unwrap_or_default()),
-            None => Cache::new(),
-        };
-        let lookup = |rel: &str, stamp: Stamp, mode: u32| {
-            cache
-                .get(rel)
-                .filter(|(s, _, m)| *s == stamp && *m == mode)
-                .map(|(_, d, _)| *d)
+        let remembered = || -> Result<Vec<u8>> {
+            Ok(match self.store.state() {
+                Some(s) => s.worktree_get(art_rel)?.unwrap_or_default(),
+                None => Vec::new(),
+            })
         };
         if meta.is_file() {
-            let stamp = Stamp::of(&meta);
-            let mode = mode_of(&meta);
-            return Ok(Scan::File(FileScan {
+            let mut files = [FileScan {
                 rel: String::new(),
-                digest: lookup("", stamp, mode),
+                stamp: Stamp::of(&meta),
+                mode: mode_of(&meta),
                 abs,
-                stamp,
-                mode,
-            }));
+                digest: None,
+            }];
+            fill_from_cache(&mut files, &decode(&remembered()?));
+            let [f] = files;
+            return Ok(Scan::File(f));
         }
         if !meta.is_dir() {
             return Err(WorkspaceError::Invalid(format!(
                 "{art_rel} is neither a file nor a directory"
             )));
         }
-        let mut files = Vec::new();
-        let mut stack = vec![(abs.clone(), String::new())];
-        while let Some((dir, rel)) = stack.pop() {
-            for e in fs::read_dir(&dir).ctx("list", &dir)? {
-                let e = e.ctx("list", &dir)?;
-                let name = e.file_name();
-                let Some(name) = name.to_str() else {
-                    return Err(WorkspaceError::Invalid(format!(
-                        "{}: file names must be UTF-8",
-                        e.path().display()
-                    )));
-                };
-                let child = if rel.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{rel}/{name}")
-                };
-                crate::paths::check_relative(&child).map_err(|source| WorkspaceError::Path {
-                    path: e.path(),
-                    source,
-                })?;
-                let p = e.path();
-                let lm = e.metadata().ctx("stat", &p)?;
-                if lm.is_dir() {
-                    stack.push((p, child));
-                    continue;
-                }
-                let Some(m) = self.file_meta(&p, lm)? else {
-                    continue;
-                };
-                if m.is_dir() {
-                    return Err(WorkspaceError::Invalid(format!(
-                        "{}: symlinks to directories inside a tracked directory are not supported",
-                        p.display()
-                    )));
-                }
-                if !m.is_file() {
-                    continue;
-                }
-                let stamp = Stamp::of(&m);
-                let mode = mode_of(&m);
-                files.push(FileScan {
-                    digest: lookup(&child, stamp, mode),
-                    rel: child,
-                    abs: p,
-                    stamp,
-                    mode,
-                });
-            }
-        }
-        files.sort_by(|a, b| a.rel.cmp(&b.rel));
+        // The walk runs on other threads while this one reads the cache
+        // (the state database is not shared between threads).
+        let root = &self.root;
+        let (files, blob) = std::thread::scope(|s| {
+            let walker = s.spawn(|| walk(root, &abs));
+            let blob = remembered();
+            let files = walker
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (files, blob)
+        });
+        let mut files = files?;
+        fill_from_cache(&mut files, &decode(&blob?));
         Ok(Scan::Dir(files))
     }
 
@@ -281,9 +344,83 @@ pub(crate) fn digest_of(scan: &Scan) -> Option<(Digest, u64, Option<Manifest>)> 
     }
 }
 
+/// The digest alone of a fully hashed scan ([`digest_of`] without building
+/// the manifest: `status` and `checkout` only compare it).
+pub(crate) fn artifact_digest(scan: &Scan) -> Option<Digest> {
+    match scan {
+        Scan::Missing => None,
+        Scan::File(f) => f.digest,
+        Scan::Dir(files) => {
+            if files.iter().any(|f| f.digest.is_none()) {
+                return None;
+            }
+            Some(Manifest::digest_of_sorted(files.iter().map(|f| {
+                (
+                    f.rel.as_str(),
+                    f.digest.as_ref().unwrap_or(&Digest([0; 32])),
+                    f.stamp.size,
+                    f.mode,
+                )
+            })))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quick_digest_is_the_manifest_digest_and_the_cache_matches_by_path() {
+        let file = |rel: &str, size: u64, mode: u32| FileScan {
+            rel: rel.into(),
+            abs: "/x".into(),
+            stamp: Stamp {
+                size,
+                mtime_ns: 5,
+                ino: size,
+            },
+            mode,
+            digest: Some(Digest::of(rel.as_bytes())),
+        };
+        let files = vec![
+            file("a", 1, 0o644),
+            file("a b/c", 1234567, 0o755),
+            file("b", 0, 0o644),
+        ];
+        let scan = Scan::Dir(files.clone());
+        let (full, size, m) = digest_of(&scan).expect("hashed");
+        assert_eq!(artifact_digest(&scan), Some(full));
+        assert_eq!(m.expect("manifest").digest(), full);
+        assert_eq!(size, 1234568);
+        // The cache fills digests by path, stamp and mode; a changed stamp
+        // or mode, or a path it never saw, stays unknown.
+        let blob = encode(&files);
+        let mut fresh: Vec<FileScan> = files
+            .iter()
+            .map(|f| FileScan {
+                digest: None,
+                ..f.clone()
+            })
+            .collect();
+        fresh[1].stamp.mtime_ns = 6;
+        fresh[2].mode = 0o755;
+        fresh.insert(
+            0,
+            FileScan {
+                rel: "0new".into(),
+                digest: None,
+                ..files[0].clone()
+            },
+        );
+        fill_from_cache(&mut fresh, &decode(&blob));
+        let known: Vec<bool> = fresh.iter().map(|f| f.digest.is_some()).collect();
+        assert_eq!(known, [false, true, false, false]);
+        assert_eq!(fresh[1].digest, files[0].digest);
+        let mut partial = files.clone();
+        partial[0].digest = None;
+        assert_eq!(artifact_digest(&Scan::Dir(partial)), None);
+    }
 
     #[test]
     fn cache_blob_round_trip_and_truncation_is_harmless() {
@@ -307,7 +444,7 @@ mod tests {
         ]);
         let m = decode(&b);
         assert_eq!(m.len(), 2);
-        assert_eq!(m["a/b"].1, Digest::of(b"x"));
+        assert_eq!((m[0].0, m[0].2), ("a/b", Digest::of(b"x")));
         assert_eq!(decode(&b[..b.len() - 5]).len(), 1);
         assert!(decode(&[1, 2]).is_empty());
     }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::scan::{Scan, digest_of};
+use super::scan::{Scan, artifact_digest};
 use super::{Kind, Result, Workspace};
 use crate::store::{Digest, ObjectStore, remote};
 
@@ -72,8 +72,8 @@ impl Workspace {
                     if self.hash_uncached(&mut scan)? {
                         self.remember(&art_rel, &scan)?;
                     }
-                    match digest_of(&scan) {
-                        Some((d, _, _)) if d == p.digest => WorkState::Unchanged,
+                    match artifact_digest(&scan) {
+                        Some(d) if d == p.digest => WorkState::Unchanged,
                         _ => WorkState::Modified,
                     }
                 }
