@@ -22,14 +22,15 @@ pub enum LinkMode {
     Copy,
 }
 
-/// Create `dst` (which must not exist) from `object`. `None` means the
-/// default: reflink where the filesystem supports it, else copy. Returns the
-/// mode actually used.
+/// Create `dst` (which must not exist) from `object`, a verified object of
+/// `size` bytes when known (a manifest entry's). `None` means the default: reflink where the filesystem
+/// supports it, else copy. Returns the mode actually used.
 pub fn materialize(
     object: &Path,
     dst: &Path,
     mode: Option<LinkMode>,
     exec: bool,
+    size: Option<u64>,
 ) -> std::io::Result<LinkMode> {
     let writable = if exec { 0o755 } else { 0o644 };
     // A link shares the object's read-only, non-executable mode bits, so an
@@ -40,7 +41,7 @@ pub fn materialize(
     };
     match mode {
         None if NO_REFLINK.load(Ordering::Relaxed) => {
-            copy(object, dst, writable)?;
+            copy(object, dst, writable, size)?;
             Ok(LinkMode::Copy)
         }
         None => match reflink_copy::reflink(object, dst) {
@@ -52,7 +53,7 @@ pub fn materialize(
                 // Remember: one failed clone per process, not one per file.
                 NO_REFLINK.store(true, Ordering::Relaxed);
                 let _ = fs::remove_file(dst);
-                copy(object, dst, writable)?;
+                copy(object, dst, writable, size)?;
                 Ok(LinkMode::Copy)
             }
         },
@@ -62,7 +63,7 @@ pub fn materialize(
             Ok(LinkMode::Reflink)
         }
         Some(LinkMode::Copy) => {
-            copy(object, dst, writable)?;
+            copy(object, dst, writable, size)?;
             Ok(LinkMode::Copy)
         }
         Some(LinkMode::Hardlink) => {
@@ -78,7 +79,7 @@ pub fn materialize(
     }
 }
 
-fn copy(object: &Path, dst: &Path, mode: u32) -> std::io::Result<()> {
+fn copy(object: &Path, dst: &Path, mode: u32, size: Option<u64>) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     // Created with its final mode (not the object's 0444), so no chmod.
     let mut src = fs::File::open(object)?;
@@ -89,18 +90,28 @@ fn copy(object: &Path, dst: &Path, mode: u32) -> std::io::Result<()> {
         .open(dst)?;
     // copy_file_range directly: `io::copy` would first stat both files and
     // query their flags, four syscalls per file, a tenth of a checkout of
-    // many small files.
+    // many small files. When the size is known, no call is spent finding
+    // the end of the file.
     let mut copied = 0u64;
-    loop {
+    while size.is_none_or(|s| copied < s) {
         match rustix::fs::copy_file_range(&src, None, &out, None, 1 << 30) {
-            Ok(0) => return Ok(()),
+            Ok(0) => break,
             Ok(n) => copied += n as u64,
             // Not supported between these files: copy through memory.
             Err(_) if copied == 0 => {
-                std::io::copy(&mut src, &mut out)?;
-                return Ok(());
+                copied = std::io::copy(&mut src, &mut out)?;
+                break;
             }
             Err(e) => return Err(e.into()),
         }
     }
+    if let Some(size) = size
+        && copied != size
+    {
+        return Err(std::io::Error::other(format!(
+            "{}: expected {size} bytes, the object had {copied}",
+            object.display()
+        )));
+    }
+    Ok(())
 }

@@ -191,7 +191,8 @@ impl Workspace {
         progress.start("checkout", total);
         let written = match (&scan, p.is_dir) {
             (Scan::Missing, false) => {
-                materialize(&objects[&p.digest], &tmp, opts.link, false).ctx("create", &tmp)?;
+                materialize(&objects[&p.digest], &tmp, opts.link, false, None)
+                    .ctx("create", &tmp)?;
                 fs::rename(&tmp, &abs).ctx("rename into place", &abs)?;
                 progress.advance(total);
                 1
@@ -205,7 +206,8 @@ impl Workspace {
             }
             (Scan::File(_) | Scan::Dir(_), false) => {
                 self.refuse_precious(&scan, &abs, opts.force)?;
-                materialize(&objects[&p.digest], &tmp, opts.link, false).ctx("create", &tmp)?;
+                materialize(&objects[&p.digest], &tmp, opts.link, false, None)
+                    .ctx("create", &tmp)?;
                 if abs.is_dir() {
                     fs::remove_dir_all(&abs).ctx("remove", &abs)?;
                 }
@@ -283,7 +285,14 @@ impl Workspace {
         // Sequential: parallel creates in one directory contend on its lock.
         entries.iter().try_for_each(|e| -> Result<()> {
             let dst = dir.join(&e.path);
-            materialize(&objects[&e.digest], &dst, link, e.mode == 0o755).ctx("create", &dst)?;
+            materialize(
+                &objects[&e.digest],
+                &dst,
+                link,
+                e.mode == 0o755,
+                Some(e.size),
+            )
+            .ctx("create", &dst)?;
             progress.advance(e.size);
             Ok(())
         })
@@ -340,8 +349,14 @@ impl Workspace {
             }
             let tmp = PathBuf::from(format!("{}{TMP_SUFFIX}", dst.display()));
             remove_any(&tmp)?;
-            materialize(&objects[&e.digest], &tmp, opts.link, e.mode == 0o755)
-                .ctx("create", &tmp)?;
+            materialize(
+                &objects[&e.digest],
+                &tmp,
+                opts.link,
+                e.mode == 0o755,
+                Some(e.size),
+            )
+            .ctx("create", &tmp)?;
             if dst.is_dir() {
                 fs::remove_dir_all(&dst).ctx("remove", &dst)?;
             }
