@@ -15,7 +15,7 @@ use crate::workspace::{AddOptions, Kind};
 /// model_v1, model_v2, ...; a name is never reused for different bytes.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  recsys add data/ratings.csv --kind dataset\n  recsys add models/model.bin --kind model --name model_v7\n  git add data/ratings.csv.recsys data/.gitignore && git commit -m 'dataset_1'"
+    after_help = "Examples:\n  recsys add data/ratings.csv --kind dataset\n  recsys add models/model.bin --kind model --name model_v7\n  recsys add data/big.parquet --link hardlink   # no copy; the file becomes read-only\n  git add data/ratings.csv.recsys data/.gitignore && git commit -m 'dataset_1'"
 )]
 pub struct Args {
     /// Files or directories inside the project.
@@ -28,9 +28,23 @@ pub struct Args {
     /// Version name instead of the next automatic one.
     #[arg(long)]
     name: Option<String>,
+    /// How the bytes get into the store. `copy` (default) leaves your file
+    /// as it was. `hardlink` moves no bytes (instant for large files): the
+    /// store keeps a second name for your file and makes it read-only, so
+    /// change it by replacing it (write a new file, then `recsys add` it
+    /// again), never by editing it in place. Files with other hard links or
+    /// execute bits are copied anyway.
+    #[arg(long, value_enum, default_value = "copy", value_name = "HOW")]
+    link: AddLink,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum AddLink {
+    Copy,
+    Hardlink,
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
@@ -41,6 +55,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         &AddOptions {
             kind: a.kind,
             name: a.name,
+            hardlink: a.link == AddLink::Hardlink,
         },
         &bar,
     )?;

@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -479,11 +479,23 @@ impl ObjectStore for LocalStore {
     }
 }
 
+/// An object of a batch, durable and visible on commit.
+struct Pending {
+    /// A temp file to rename into place, or (with `linked`) a work-tree
+    /// file to hard-link into place.
+    path: PathBuf,
+    digest: Digest,
+    stamp: Option<Stamp>,
+    /// For a hard-linked work-tree file: its mode before it was made
+    /// read-only, restored if the batch is abandoned.
+    linked: Option<u32>,
+}
+
 struct LocalWriter<'a> {
     store: &'a LocalStore,
     /// Durable-to-be temp files, their content name, and their stat stamp
     /// (taken from the open file: a rename keeps size, mtime and inode).
-    pending: Mutex<Vec<(PathBuf, Digest, Option<Stamp>)>>,
+    pending: Mutex<Vec<Pending>>,
     _lock: File,
 }
 
@@ -567,9 +579,77 @@ impl Writer for LocalWriter<'_> {
             return Ok((d, n));
         }
         if let Ok(mut p) = self.pending.lock() {
-            p.push((tmp, d, stamp));
+            p.push(Pending {
+                path: tmp,
+                digest: d,
+                stamp,
+                linked: None,
+            });
         }
         Ok((d, n))
+    }
+
+    fn put_link(&self, path: &Path, progress: &dyn Progress) -> Result<(Digest, u64)> {
+        let before = fs::symlink_metadata(path).ctx("stat", path)?;
+        // Copied instead: a file with other names (they could still change
+        // the object), with execute bits (objects are 0444), or on another
+        // filesystem.
+        let store_dev = fs::metadata(&self.store.root)
+            .ctx("stat", &self.store.root)?
+            .dev();
+        if !before.is_file()
+            || before.nlink() != 1
+            || before.mode() & 0o111 != 0
+            || before.dev() != store_dev
+        {
+            return self.put(Source::Path(path), None, progress);
+        }
+        let mode = before.mode() & 0o7777;
+        // Read-only before it is hashed, so it cannot be opened for
+        // writing between the hash and the link.
+        fs::set_permissions(path, fs::Permissions::from_mode(0o444)).ctx("make read-only", path)?;
+        let restore = || {
+            let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
+        };
+        let hashed = (|| -> Result<(Digest, fs::Metadata)> {
+            let d = hash_file(path)?;
+            let after = fs::symlink_metadata(path).ctx("stat", path)?;
+            if Stamp::of(&after) != Stamp::of(&before) {
+                return Err(StoreError::Io {
+                    op: "add",
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other("the file changed while it was being hashed"),
+                });
+            }
+            if after.len() >= BIG_FILE {
+                // Small files are made durable by the commit's syncfs.
+                File::open(path)
+                    .and_then(|f| f.sync_data())
+                    .ctx("sync", path)?;
+            }
+            Ok((d, after))
+        })();
+        let (d, meta) = match hashed {
+            Ok(v) => v,
+            Err(e) => {
+                restore();
+                return Err(e);
+            }
+        };
+        progress.advance(meta.len());
+        if self.store.contains(&d)? {
+            restore();
+            return Ok((d, meta.len()));
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.push(Pending {
+                path: path.to_path_buf(),
+                digest: d,
+                stamp: Some(Stamp::of(&meta)),
+                linked: Some(mode),
+            });
+        }
+        Ok((d, meta.len()))
     }
 
     fn commit(self: Box<Self>) -> Result<()> {
@@ -582,10 +662,10 @@ impl Writer for LocalWriter<'_> {
         }
         // 1. Make every temp file durable: one syncfs for a big batch.
         if pending.len() <= SYNCFS_THRESHOLD {
-            for (tmp, _, _) in &pending {
-                File::open(tmp)
+            for p in &pending {
+                File::open(&p.path)
                     .and_then(|f| f.sync_all())
-                    .ctx("sync", tmp)?;
+                    .ctx("sync", &p.path)?;
             }
         } else {
             syncfs(&self.store.tmp_dir())?;
@@ -596,7 +676,8 @@ impl Writer for LocalWriter<'_> {
         let mut made = [false; 256];
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut stamps = Vec::with_capacity(pending.len());
-        for (tmp, d, stamp) in &pending {
+        for p in &pending {
+            let d = &p.digest;
             let dst = self.store.object_path(d);
             let parent = dst.parent().unwrap_or(&self.store.root);
             let fan = usize::from(d.0[0]);
@@ -605,12 +686,23 @@ impl Writer for LocalWriter<'_> {
                 made[fan] = true;
                 dirs.push(parent.to_path_buf());
             }
-            if rename_new(tmp, &dst)? {
-                if let Some(st) = stamp {
-                    stamps.push((*d, *st));
+            let published = match p.linked {
+                None => rename_new(&p.path, &dst)?,
+                Some(mode) => {
+                    let new = link_new(&p.path, &dst)?;
+                    if !new {
+                        fs::set_permissions(&p.path, fs::Permissions::from_mode(mode))
+                            .ctx("restore mode", &p.path)?;
+                    }
+                    new
                 }
-            } else {
-                fs::remove_file(tmp).ctx("remove temp", tmp)?;
+            };
+            if published {
+                if let Some(st) = p.stamp {
+                    stamps.push((*d, st));
+                }
+            } else if p.linked.is_none() {
+                fs::remove_file(&p.path).ctx("remove temp", &p.path)?;
             }
         }
         // 3. Make the renames durable before anyone names these objects.
@@ -632,8 +724,16 @@ impl Writer for LocalWriter<'_> {
 impl Drop for LocalWriter<'_> {
     fn drop(&mut self) {
         if let Ok(p) = self.pending.lock() {
-            for (tmp, _, _) in p.iter() {
-                let _ = fs::remove_file(tmp);
+            for p in p.iter() {
+                match p.linked {
+                    None => {
+                        let _ = fs::remove_file(&p.path);
+                    }
+                    // Abandoned: the work-tree file is the user's again.
+                    Some(mode) => {
+                        let _ = fs::set_permissions(&p.path, fs::Permissions::from_mode(mode));
+                    }
+                }
             }
         }
     }
@@ -655,6 +755,15 @@ fn rename_new(tmp: &Path, dst: &Path) -> Result<bool> {
             Ok(true)
         }
         Err(e) => Err(std::io::Error::from(e)).ctx("rename into store", dst),
+    }
+}
+
+/// Hard-link `src` as `dst` unless `dst` exists. False when it existed.
+fn link_new(src: &Path, dst: &Path) -> Result<bool> {
+    match fs::hard_link(src, dst) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).ctx("link into store", dst),
     }
 }
 

@@ -124,6 +124,14 @@ pub trait Writer: Send + Sync {
         expected: Option<&Digest>,
         progress: &dyn Progress,
     ) -> Result<(Digest, u64)>;
+    /// Take the regular file at `path` into the batch without copying its
+    /// bytes where the store can: a local store on the same filesystem
+    /// hard-links it, after making it read-only (so it cannot be edited in
+    /// place and change the object). Files with other hard links or execute
+    /// bits, other filesystems and other stores copy, as [`Writer::put`].
+    fn put_link(&self, path: &Path, progress: &dyn Progress) -> Result<(Digest, u64)> {
+        self.put(Source::Path(path), None, progress)
+    }
     /// Make every object of the batch durable, then visible under its name.
     fn commit(self: Box<Self>) -> Result<()>;
 }

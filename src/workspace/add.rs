@@ -19,6 +19,9 @@ use crate::store::{Digest, ObjectStore, Source, Writer};
 pub struct AddOptions {
     pub kind: Option<Kind>,
     pub name: Option<String>,
+    /// Hard-link the files into the store instead of copying them; they
+    /// become read-only ([`crate::store::Writer::put_link`]).
+    pub hardlink: bool,
 }
 
 /// An artifact a run writes: a file or directory inside the project.
@@ -167,13 +170,14 @@ impl Workspace {
             let rel = self.rel_path(p)?;
             let mut spec = RunSpec::new("add", self.now_ms());
             spec.source = serde_json::json!({ "path": rel });
-            let (_, mut added) = self.record_run(
+            let (_, mut added) = self.record_run_linked(
                 spec,
                 &[Output {
                     path: p.clone(),
                     kind: opts.kind,
                     name: opts.name.clone(),
                 }],
+                opts.hardlink,
                 progress,
             )?;
             out.append(&mut added);
@@ -188,6 +192,18 @@ impl Workspace {
         &self,
         spec: RunSpec,
         outputs: &[Output],
+        progress: &dyn Progress,
+    ) -> Result<(Option<Digest>, Vec<Added>)> {
+        self.record_run_linked(spec, outputs, false, progress)
+    }
+
+    /// [`Workspace::record_run`], hard-linking the outputs' files into the
+    /// store when `hardlink`.
+    fn record_run_linked(
+        &self,
+        spec: RunSpec,
+        outputs: &[Output],
+        hardlink: bool,
         progress: &dyn Progress,
     ) -> Result<(Option<Digest>, Vec<Added>)> {
         for o in outputs {
@@ -207,7 +223,7 @@ impl Workspace {
         let writer = self.store.begin()?;
         let mut staged = Vec::with_capacity(outputs.len());
         for o in outputs {
-            staged.push(self.stage(o, &*writer, progress)?);
+            staged.push(self.stage(o, &*writer, hardlink, progress)?);
         }
         if spec.kind == "add" && staged.iter().all(Staged::unchanged) {
             writer.commit()?;
@@ -309,7 +325,13 @@ impl Workspace {
     }
 
     /// Copy an output's files the store lacks into the batch and hash it.
-    fn stage(&self, o: &Output, writer: &dyn Writer, progress: &dyn Progress) -> Result<Staged> {
+    fn stage(
+        &self,
+        o: &Output,
+        writer: &dyn Writer,
+        hardlink: bool,
+        progress: &dyn Progress,
+    ) -> Result<Staged> {
         let art_rel = self.rel_path(&o.path)?.trim_end_matches('/').to_string();
         if art_rel.ends_with(EXT) {
             return Err(WorkspaceError::Invalid(format!(
@@ -349,7 +371,14 @@ impl Workspace {
         // with 2 threads) while the next files are read ahead; a big file is
         // still hashed on every core.
         let paths: Vec<&Path> = todo.iter().map(|f| f.abs.as_path()).collect();
-        let digests = crate::store::put_files(writer, &paths, progress)?;
+        let digests = if hardlink {
+            paths
+                .iter()
+                .map(|p| writer.put_link(p, progress).map(|(d, _)| d))
+                .collect::<crate::store::Result<Vec<_>>>()?
+        } else {
+            crate::store::put_files(writer, &paths, progress)?
+        };
         for (f, d) in todo.into_iter().zip(digests) {
             f.digest = Some(d);
         }

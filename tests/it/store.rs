@@ -602,6 +602,82 @@ fn corrupt_objects_are_reported_and_never_materialised() {
 }
 
 #[test]
+fn add_link_hardlink_shares_the_inode_read_only_and_an_edit_is_caught() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    big_file(&env, "data/big.bin", 2); // the large-file path
+    env.write("data/d/a", "small a");
+    env.write("data/d/b", "small b");
+    env.write("data/run.sh", "#!/bin/sh\n");
+    fs::set_permissions(env.path("data/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    env.write("data/shared", "two names");
+    fs::hard_link(env.path("data/shared"), env.path("shared-elsewhere")).unwrap();
+    env.ok(&[
+        "add",
+        "--link",
+        "hardlink",
+        "data/big.bin",
+        "data/d",
+        "data/run.sh",
+        "data/shared",
+    ]);
+    for f in ["data/big.bin", "data/d/a", "data/d/b"] {
+        let ptr = if f.starts_with("data/d/") {
+            None
+        } else {
+            Some(pointer_field(&env, &format!("{f}.recsys"), "digest"))
+        };
+        let digest = ptr.unwrap_or_else(|| blake3::hash(&env.read(f)).to_hex().to_string());
+        let m = fs::metadata(env.path(f)).unwrap();
+        let o = fs::metadata(object_path(&env, &digest)).unwrap();
+        assert_eq!(m.ino(), o.ino(), "{f} is the object");
+        assert_eq!(m.mode() & 0o777, 0o444, "{f} is read-only");
+    }
+    // Copied, not linked: execute bits, and a file with another name.
+    for f in ["data/run.sh", "data/shared"] {
+        let digest = pointer_field(&env, &format!("{f}.recsys"), "digest");
+        let m = fs::metadata(env.path(f)).unwrap();
+        assert_ne!(
+            m.ino(),
+            fs::metadata(object_path(&env, &digest)).unwrap().ino()
+        );
+        assert_ne!(m.mode() & 0o222, 0, "{f} is still writable");
+    }
+    env.ok(&["audit"]);
+    let out = env.run(&["status", "--exit-code"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // Bytes already in the store: nothing to link, the file stays the user's.
+    env.write("data/again.bin", env.read("data/big.bin"));
+    env.ok(&["add", "--link", "hardlink", "data/again.bin"]);
+    let m = fs::metadata(env.path("data/again.bin")).unwrap();
+    assert_eq!((m.nlink(), m.mode() & 0o777), (1, 0o644));
+
+    // Editing the read-only file in place (here by someone who can) changes
+    // the object too: audit reports it, checkout refuses to copy it out.
+    let digest = pointer_field(&env, "data/big.bin.recsys", "digest");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::set_permissions(env.path("data/big.bin"), fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = env.read("data/big.bin");
+    bytes[7] ^= 1;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(env.path("data/big.bin"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        .unwrap();
+    let out = env.run(&["audit"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("corrupt-object: {digest}")),
+        "{out:?}"
+    );
+    fs::remove_file(env.path("data/again.bin")).unwrap();
+    let err = env.fails(2, &["checkout", "data/again.bin"]);
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(!env.path("data/again.bin").exists());
+}
+
+#[test]
 fn a_tampered_object_is_caught_by_its_stat_stamp() {
     let env = Env::new();
     env.write("m.bin", "original");
