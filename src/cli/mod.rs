@@ -115,6 +115,9 @@ impl Ctx {
 pub(crate) struct Bar(Option<indicatif::ProgressBar>);
 
 impl Progress for Bar {
+    fn shown(&self) -> bool {
+        self.0.is_some()
+    }
     fn start(&self, label: &str, total: u64) {
         if let Some(b) = &self.0 {
             b.reset();

@@ -271,10 +271,22 @@ pub(crate) fn read_small(p: &Path) -> std::io::Result<Option<Vec<u8>>> {
     if len >= BIG_FILE {
         return Ok(None);
     }
-    // Through `Take`: `File::read_to_end` would stat and seek again for its
-    // size hint, two syscalls per file (strace of an add of 20,000 files).
-    let mut buf = Vec::with_capacity(len as usize + 1);
-    (&f).take(u64::MAX).read_to_end(&mut buf)?;
+    // The bytes the file had when it was stat'ed: read up to that length
+    // and stop, without a last read to see EOF (`File::read_to_end` would
+    // also stat and seek again for its size hint; strace of an add of
+    // 20,000 files showed all three per file). A file that shrank meanwhile
+    // ends early; one that grew is taken as it was.
+    let mut buf = vec![0u8; len as usize];
+    let mut got = 0;
+    while got < buf.len() {
+        match (&f).read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
     Ok(Some(buf))
 }
 
@@ -555,7 +567,12 @@ impl Writer for LocalWriter<'_> {
     ) -> Result<(Digest, u64)> {
         let (tmp, mut f) = self.store.new_temp()?;
         let res = self.write_temp(src, &tmp, &mut f, progress);
-        let stamp = f.metadata().ok().map(|m| Stamp::of(&m));
+        // Stamps are kept only by a store with a state database (the
+        // project's own, not a remote).
+        let stamp = match self.store.state {
+            Some(_) => f.metadata().ok().map(|m| Stamp::of(&m)),
+            None => None,
+        };
         drop(f);
         let (d, n) = match res {
             Ok(v) => v,
@@ -574,10 +591,9 @@ impl Writer for LocalWriter<'_> {
                 from: "source".into(),
             });
         }
-        if self.store.contains(&d)? {
-            let _ = fs::remove_file(&tmp);
-            return Ok((d, n));
-        }
+        // No check whether the object exists: callers ask before they put
+        // (a stat per object saved), and a duplicate is found by the
+        // commit's rename, which never replaces an object.
         if let Ok(mut p) = self.pending.lock() {
             p.push(Pending {
                 path: tmp,

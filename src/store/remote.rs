@@ -136,11 +136,17 @@ pub fn transfer(
             stats.already_there += phase.len() - missing.len();
             todo_phases.push(missing);
         }
-        let total: u64 = todo_phases
-            .iter()
-            .flatten()
-            .map(|d| size_hint(from, d))
-            .sum();
+        // The total only feeds a progress bar: a stat per object is not
+        // spent on it when none is shown.
+        let total: u64 = if progress.shown() {
+            todo_phases
+                .iter()
+                .flatten()
+                .map(|d| size_hint(from, d))
+                .sum()
+        } else {
+            0
+        };
         progress.start("transfer", total);
         for missing in todo_phases {
             for chunk in missing.chunks(BATCH) {
@@ -172,9 +178,18 @@ fn copy_one(
     d: &Digest,
     progress: &dyn Progress,
 ) -> Result<u64> {
+    // A local source is read by path (no stat first: a missing object
+    // fails the open and is reported as missing).
     let res = match from.local_path(d) {
-        Some(p) if p.exists() => w.put(Source::Path(&p), Some(d), progress),
-        _ => {
+        Some(p) => match w.put(Source::Path(&p), Some(d), progress) {
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && !p.exists() =>
+            {
+                Err(StoreError::Missing(*d))
+            }
+            r => r,
+        },
+        None => {
             let mut r = from.open(d)?.ok_or(StoreError::Missing(*d))?;
             w.put(Source::Reader(&mut r), Some(d), progress)
         }
@@ -228,6 +243,20 @@ mod tests {
             RemoteUrl::Local("/proj/../r".into())
         );
         assert!(parse_url("file://relative", base).is_err());
+    }
+
+    #[test]
+    fn an_object_missing_from_a_local_source_is_reported_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = LocalStore::open(&dir.path().join("from"), "from").unwrap();
+        let to = LocalStore::open(&dir.path().join("to"), "to").unwrap();
+        let here = put_bytes(&from, b"here").unwrap();
+        let gone = put_bytes(&from, b"gone").unwrap();
+        std::fs::remove_file(from.object_path(&gone)).unwrap();
+        let e = transfer(&from, &to, &[vec![here, gone]], 1, &NoProgress).unwrap_err();
+        assert!(matches!(e, StoreError::Missing(d) if d == gone), "{e}");
+        assert!(!to.contains(&gone).unwrap());
+        assert!(to.temp_files().unwrap().is_empty(), "no temp file left");
     }
 
     #[test]
