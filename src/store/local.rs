@@ -505,8 +505,8 @@ struct Pending {
 
 struct LocalWriter<'a> {
     store: &'a LocalStore,
-    /// Durable-to-be temp files, their content name, and their stat stamp
-    /// (taken from the open file: a rename keeps size, mtime and inode).
+    /// The batch's objects, with stat stamps taken before publishing (a
+    /// rename or link keeps size, mtime and inode).
     pending: Mutex<Vec<Pending>>,
     _lock: File,
 }
