@@ -461,6 +461,7 @@ impl ObjectStore for LocalStore {
         Ok(Box::new(LocalWriter {
             store: self,
             pending: Mutex::new(Vec::new()),
+            store_dev: std::sync::OnceLock::new(),
             _lock: self.lock(false)?,
         }))
     }
@@ -508,6 +509,8 @@ struct LocalWriter<'a> {
     /// The batch's objects, with stat stamps taken before publishing (a
     /// rename or link keeps size, mtime and inode).
     pending: Mutex<Vec<Pending>>,
+    /// The store's filesystem, asked once per batch by `put_link`.
+    store_dev: std::sync::OnceLock<u64>,
     _lock: File,
 }
 
@@ -610,9 +613,14 @@ impl Writer for LocalWriter<'_> {
         // Copied instead: a file with other names (they could still change
         // the object), with execute bits (objects are 0444), or on another
         // filesystem.
-        let store_dev = fs::metadata(&self.store.root)
-            .ctx("stat", &self.store.root)?
-            .dev();
+        let store_dev = match self.store_dev.get() {
+            Some(d) => *d,
+            None => {
+                let root = &self.store.root;
+                let d = fs::metadata(root).ctx("stat", root)?.dev();
+                *self.store_dev.get_or_init(|| d)
+            }
+        };
         if !before.is_file()
             || before.nlink() != 1
             || before.mode() & 0o111 != 0

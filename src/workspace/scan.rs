@@ -351,17 +351,16 @@ pub(crate) fn artifact_digest(scan: &Scan) -> Option<Digest> {
         Scan::Missing => None,
         Scan::File(f) => f.digest,
         Scan::Dir(files) => {
-            if files.iter().any(|f| f.digest.is_none()) {
-                return None;
-            }
-            Some(Manifest::digest_of_sorted(files.iter().map(|f| {
-                (
-                    f.rel.as_str(),
-                    f.digest.as_ref().unwrap_or(&Digest([0; 32])),
-                    f.stamp.size,
-                    f.mode,
-                )
-            })))
+            let digests: Vec<&Digest> = files
+                .iter()
+                .map(|f| f.digest.as_ref())
+                .collect::<Option<_>>()?;
+            Some(Manifest::digest_of_sorted(
+                files
+                    .iter()
+                    .zip(digests)
+                    .map(|(f, d)| (f.rel.as_str(), d, f.stamp.size, f.mode)),
+            ))
         }
     }
 }
