@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
 # Install what building and testing recsys needs on a fresh Debian 12 machine
 # (idempotent, quiet when everything is present). Needs root for apt-get.
+#
+#   build:    git, a C toolchain, pkg-config (rdkafka builds librdkafka)
+#   data:     python3 + pip + unzip (MovieLens 100K comes from a PyPI wheel)
+#   services: postgresql (monitoring sink, shared lineage index; started by
+#             scripts/postgres.sh, never by systemd)
 set -euo pipefail
 
 need=()
-for pkg in git build-essential pkg-config python3 python3-pip unzip; do
+for pkg in git build-essential pkg-config python3 python3-pip unzip postgresql postgresql-client; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing packages ${need[*]}; run as root (or: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
   echo "setup: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
+  # The package's maintainer scripts try to start the cluster through
+  # systemd/invoke-rc.d; there is none here, and postgres.sh starts it.
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 command -v cargo >/dev/null || {

@@ -1060,26 +1060,4 @@ mod tests {
             Err(MovieLensError::UnknownLayout { .. })
         ));
     }
-
-    /// Loads the real RecBole MovieLens 100K from the directory
-    /// `RECSYS_ML100K` names; fails when it is unset (never skips).
-    #[test]
-    fn real_ml100k() {
-        let Some(dir) = std::env::var_os("RECSYS_ML100K") else {
-            panic!(
-                "RECSYS_ML100K is not set: run `scripts/fetch-movielens.sh` and \
-                 export RECSYS_ML100K=<the directory it prints>"
-            );
-        };
-        let ml = read_dir(Path::new(&dir)).expect("read real MovieLens 100K");
-        assert_eq!(ml.layout, Layout::RecBole);
-        assert_eq!(ml.users.len(), 943);
-        assert_eq!(ml.movies.len(), 1682);
-        assert_eq!(ml.ratings.len(), 100_000);
-        let ids: HashSet<&str> = ml.movies.iter().map(|m| m.movie_id.as_str()).collect();
-        assert_eq!(ids.len(), 1682);
-        assert!(ids.iter().all(|id| is_valid_movie_id(id)));
-        assert_eq!(ml.movies[0].movie_id, "toy+story+1995");
-        assert!(ml.ratings.iter().all(|r| (1.0..=5.0).contains(&r.rating)));
-    }
 }

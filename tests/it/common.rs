@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 pub const NOW: &str = "2026-01-02T03:04:05Z";
 
@@ -109,17 +110,9 @@ impl Env {
 
     /// Run git with a fixed identity and dates.
     pub fn git(&self, args: &[&str]) -> String {
-        let o = Command::new("git")
+        let o = git_cmd(self.tmp.path())
             .args(args)
             .current_dir(&self.root)
-            .env("GIT_AUTHOR_NAME", "Test")
-            .env("GIT_AUTHOR_EMAIL", "test@example.com")
-            .env("GIT_COMMITTER_NAME", "Test")
-            .env("GIT_COMMITTER_EMAIL", "test@example.com")
-            .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
-            .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", self.tmp.path())
             .output()
             .expect("spawn git");
         assert!(
@@ -136,4 +129,53 @@ impl Env {
         self.git(&["commit", "-q", "--allow-empty", "-m", msg]);
         self.git(&["rev-parse", "HEAD"]).trim().to_string()
     }
+}
+
+/// `git` with a cleared environment: a fixed identity and dates, no system
+/// or user config, and none of the caller's `GIT_*` variables (a test run
+/// from a git hook has `GIT_DIR` and `GIT_INDEX_FILE` set, which would point
+/// every command at the outer repository).
+pub fn git_cmd(home: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_CONFIG_NOSYSTEM", "1");
+    c
+}
+
+/// The MovieLens 100K directory: `RECSYS_ML100K` when set, else what
+/// `scripts/fetch-movielens.sh` fetches (once per test run; the script is
+/// idempotent and caches under `~/.cache/recsys`). Fails, never skips, when
+/// the data cannot be had.
+pub fn ml100k() -> String {
+    static DIR: OnceLock<String> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("RECSYS_ML100K") {
+            return d.into_string().expect("RECSYS_ML100K is UTF-8");
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-movielens.sh");
+        let o = Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            o.status.success(),
+            "{} failed (it downloads the recbole==1.2.1 wheel from PyPI; or set \
+             RECSYS_ML100K to a directory holding ml-100k.inter/.user/.item):\n{}",
+            script.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout)
+            .expect("fetch-movielens.sh prints a UTF-8 path")
+            .trim()
+            .to_string()
+    })
+    .clone()
 }

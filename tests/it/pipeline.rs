@@ -755,13 +755,7 @@ fn pipeline_commands_have_help_with_an_example() {
 /// layout from the recbole==1.2.1 wheel).
 #[test]
 fn real_movielens_100k_meets_the_quality_targets() {
-    let Some(dir) = std::env::var_os("RECSYS_ML100K") else {
-        panic!(
-            "RECSYS_ML100K is not set: run `scripts/fetch-movielens.sh` and \
-             export RECSYS_ML100K=<the directory it prints>"
-        );
-    };
-    let dir = dir.to_str().expect("RECSYS_ML100K is UTF-8").to_string();
+    let dir = crate::common::ml100k();
     let env = Env::new();
     let i = env.json(&["import", "movielens", &dir, "--json"]);
     assert_eq!(i["layout"], "recbole");

@@ -850,7 +850,7 @@ fn segments_travel_by_push_and_pull_and_explain_answers_elsewhere() {
 
     // Another machine: a clone of the repository, then pull.
     let other = p.env.tmp.path().join("other");
-    let o = std::process::Command::new("git")
+    let o = crate::common::git_cmd(p.env.tmp.path())
         .args(["clone", "-q"])
         .arg(p.root())
         .arg(&other)

@@ -498,7 +498,7 @@ fn push_pull_round_trip_into_a_fresh_clone_with_lineage() {
 
     let before = env.json(&["lineage", "dataset_2", "--json"]);
     let clone = env.tmp.path().join("clone");
-    let o = std::process::Command::new("git")
+    let o = crate::common::git_cmd(env.tmp.path())
         .args([
             "clone",
             "-q",
