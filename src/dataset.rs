@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Interaction;
+use crate::text::{CLIP, clip, clip_to};
 
 /// Version of the directory layout, recorded in `dataset.json`.
 pub const DATASET_FORMAT: u32 = 1;
@@ -174,7 +175,7 @@ fn check_token(what: &str, s: &str, sep: char) -> Result<()> {
     if s.is_empty() || s.contains(sep) || s.contains(['\n', '\r']) {
         return Err(DatasetError::Invalid {
             what: what.into(),
-            reason: format!("{s:?} is empty or contains {sep:?} or a line break"),
+            reason: format!("{:?} is empty or contains {sep:?} or a line break", clip(s)),
         });
     }
     Ok(())
@@ -184,7 +185,7 @@ fn check_text(what: &str, s: &str) -> Result<()> {
     if s.contains(['\n', '\r']) {
         return Err(DatasetError::Invalid {
             what: what.into(),
-            reason: format!("{s:?} contains a line break"),
+            reason: format!("{:?} contains a line break", clip(s)),
         });
     }
     Ok(())
@@ -571,7 +572,7 @@ impl Row<'_> {
 
     fn num<T: std::str::FromStr>(&self, i: usize, what: &str) -> Result<T, String> {
         let s = self.get(i);
-        s.parse().map_err(|_| format!("bad {what} {s:?}"))
+        s.parse().map_err(|_| format!("bad {what} {:?}", clip(s)))
     }
 
     fn opt_num<T: std::str::FromStr>(&self, i: usize, what: &str) -> Result<Option<T>, String> {
@@ -604,10 +605,11 @@ fn read_csv(
     header: &[&str],
     mut each: impl FnMut(&Row<'_>) -> Result<(), String>,
 ) -> Result<()> {
+    // Reasons quote input: never let one grow without bound.
     let malformed = |line: u64, reason: String| DatasetError::Malformed {
         path: path.to_path_buf(),
         line,
-        reason,
+        reason: clip_to(&reason, 4 * CLIP).into_owned(),
     };
     let mut r = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -637,7 +639,7 @@ fn read_csv(
                     line,
                     format!(
                         "header is {:?}, expected {:?}",
-                        rec.iter().collect::<Vec<_>>().join(","),
+                        clip(&rec.iter().collect::<Vec<_>>().join(",")),
                         header.join(",")
                     ),
                 ));

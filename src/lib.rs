@@ -16,4 +16,5 @@ pub mod progress;
 pub mod serve;
 pub mod store;
 pub mod stream;
+pub mod text;
 pub mod workspace;

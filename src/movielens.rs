@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::stream::is_valid_movie_id;
+use crate::text::{CLIP, clip, clip_to};
 
 /// The genre names of MovieLens 100K, in `u.item` flag order; used when
 /// `u.genre` is absent.
@@ -398,10 +399,12 @@ impl Rows {
     }
 
     fn malformed(&self, line: usize, reason: impl Into<String>) -> MovieLensError {
+        // Reasons quote input: never let one grow without bound.
+        let reason: String = reason.into();
         MovieLensError::Malformed {
             path: self.path.clone(),
             line,
-            reason: reason.into(),
+            reason: clip_to(&reason, 4 * CLIP).into_owned(),
         }
     }
 
@@ -414,7 +417,7 @@ impl Rows {
     ) -> Result<T, MovieLensError> {
         s.trim()
             .parse()
-            .map_err(|_| self.malformed(line, format!("bad {what} {s:?}")))
+            .map_err(|_| self.malformed(line, format!("bad {what} {:?}", clip(s))))
     }
 
     fn rating(&self, line: usize, s: &str) -> Result<f32, MovieLensError> {
@@ -422,7 +425,7 @@ impl Rows {
         if rating.is_finite() {
             Ok(rating)
         } else {
-            Err(self.malformed(line, format!("bad rating {s:?}")))
+            Err(self.malformed(line, format!("bad rating {:?}", clip(s))))
         }
     }
 
@@ -434,7 +437,7 @@ impl Rows {
         }
         match s.trim().parse::<f64>() {
             Ok(t) if t.fract() == 0.0 && t.abs() < 9.0e15 => Ok(t as i64),
-            _ => Err(self.malformed(line, format!("bad timestamp {s:?}"))),
+            _ => Err(self.malformed(line, format!("bad timestamp {:?}", clip(s)))),
         }
     }
 }

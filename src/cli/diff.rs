@@ -39,7 +39,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             "removed" => "-",
             _ => "~",
         };
-        println!("{sign} {}: {} -> {}", e.path, v(&e.old), v(&e.new));
+        super::outln!("{sign} {}: {} -> {}", e.path, v(&e.old), v(&e.new))?;
     }
     Ok(ExitCode::SUCCESS)
 }

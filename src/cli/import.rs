@@ -46,6 +46,20 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         super::print_json(&r)?;
         return Ok(ExitCode::SUCCESS);
     }
+    if r.unchanged {
+        ctx.say(format!(
+            "unchanged: {} ({}) already holds exactly these files",
+            r.dataset,
+            r.digest.short()
+        ));
+        if !r.path.is_empty() && !ws.root().join(&r.path).exists() {
+            ctx.say(format!(
+                "its work-tree copy {} is missing: recsys checkout {}",
+                r.path, r.dataset
+            ));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     ctx.say(format!(
         "imported {} ({} layout) as {} ({}): {} ratings, {} users, {} movies",
         a.data_dir.display(),

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -120,7 +121,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             if a.json {
                 super::print_json(&r)?;
             } else if !ctx.quiet {
-                print_report(&r);
+                print_report(&r)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -137,7 +138,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                     "quality": quality,
                 }))?;
             } else if !ctx.quiet {
-                print_quality(&quality);
+                print_quality(&mut std::io::stdout().lock(), &quality)?;
             }
             eprintln!("error: severe drift against {reference}:");
             for f in &findings {
@@ -153,16 +154,19 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub(crate) fn print_report(r: &IngestReport) {
-    println!(
+pub(crate) fn print_report(r: &IngestReport) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "ingested {} messages from {} into {} ({}) in {:.1}s",
         r.messages,
         r.topic,
         r.dataset,
         r.digest.short(),
         r.seconds
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  events: {} watch, {} rate, {} recommendation; {} quarantined{}",
         r.events.watch,
         r.events.rate,
@@ -173,7 +177,7 @@ pub(crate) fn print_report(r: &IngestReport) {
         } else {
             String::new()
         }
-    );
+    )?;
     let parts: Vec<String> = r
         .offsets
         .iter()
@@ -182,25 +186,32 @@ pub(crate) fn print_report(r: &IngestReport) {
             _ => format!("p{p} none"),
         })
         .collect();
-    println!("  offsets: {}", parts.join(", "));
-    print_quality(&r.quality);
+    writeln!(out, "  offsets: {}", parts.join(", "))?;
+    print_quality(&mut out, &r.quality)?;
     match &r.commit_error {
-        None => println!("  offsets committed to group {}", r.group),
-        Some(e) => println!(
+        None => writeln!(out, "  offsets committed to group {}", r.group)?,
+        Some(e) => writeln!(
+            out,
             "  warning: dataset recorded but the offset commit failed ({e}); \
              the next ingest resumes from the recorded offsets anyway"
-        ),
+        )?,
     }
-    println!("track it in git:  git add {}.recsys && git commit", r.path);
+    writeln!(
+        out,
+        "track it in git:  git add {}.recsys && git commit",
+        r.path
+    )?;
+    out.flush()
 }
 
-pub(crate) fn print_quality(q: &QualityReport) {
+pub(crate) fn print_quality(out: &mut impl Write, q: &QualityReport) -> std::io::Result<()> {
     let viol: Vec<String> = q
         .schema_violations
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    println!(
+    writeln!(
+        out,
         "  quality: schema violations: {}; out-of-range ratings {}; duplicates {}; \
          unknown users {}/{}; unknown movies {}",
         if viol.is_empty() {
@@ -216,7 +227,7 @@ pub(crate) fn print_quality(q: &QualityReport) {
             Some(n) => format!("{n}/{}", q.movies),
             None => format!("- of {} (no previous dataset)", q.movies),
         }
-    );
+    )?;
     if let Some(d) = &q.drift {
         let mut parts = Vec::new();
         if let Some(c) = &d.event_rate_per_min {
@@ -231,7 +242,8 @@ pub(crate) fn print_quality(q: &QualityReport) {
         if let Some(s) = d.new_movie_share {
             parts.push(format!("new-movie share {:.1}%", s * 100.0));
         }
-        println!(
+        writeln!(
+            out,
             "  drift vs {}: {}",
             d.reference,
             if parts.is_empty() {
@@ -239,12 +251,13 @@ pub(crate) fn print_quality(q: &QualityReport) {
             } else {
                 parts.join(", ")
             }
-        );
+        )?;
         for f in &d.findings {
-            println!("  drift {:?}: {}", f.severity, f.message);
+            writeln!(out, "  drift {:?}: {}", f.severity, f.message)?;
         }
     }
     for w in &q.warnings {
-        println!("  warning: {w}");
+        writeln!(out, "  warning: {w}")?;
     }
+    Ok(())
 }

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use super::{Ctx, bytes, date, short};
@@ -47,15 +48,18 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         ctx.say("no versions registered yet (recsys add <path> --kind dataset)");
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = std::io::stdout().lock();
     if a.kind == Some(Kind::Model) {
-        return models(&rows);
+        return models(&mut out, &rows);
     }
-    println!(
+    writeln!(
+        out,
         "{:<16} {:<8} {:<12} {:>10} {:<13} {:<20} PATH",
         "NAME", "KIND", "DIGEST", "SIZE", "COMMIT", "DATE"
-    );
+    )?;
     for Row { artifact: r, .. } in rows {
-        println!(
+        writeln!(
+            out,
             "{:<16} {:<8} {:<12} {:>10} {:<13} {:<20} {}",
             r.name,
             r.kind,
@@ -64,13 +68,14 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             format!("{}{}", short(&r.git_commit), if r.dirty { "+" } else { "" }),
             date(r.created),
             r.path.unwrap_or_default()
-        );
+        )?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Models with their latest offline metrics side by side.
-fn models(rows: &[Row]) -> anyhow::Result<ExitCode> {
+fn models(out: &mut impl Write, rows: &[Row]) -> anyhow::Result<ExitCode> {
     let num = |m: &Option<serde_json::Value>, path: &[&str]| -> String {
         let mut v = m.as_ref();
         for k in path {
@@ -79,16 +84,18 @@ fn models(rows: &[Row]) -> anyhow::Result<ExitCode> {
         v.and_then(serde_json::Value::as_f64)
             .map_or("-".into(), |x| format!("{x:.4}"))
     };
-    println!(
+    writeln!(
+        out,
         "{:<16} {:<12} {:>10} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:<13} DATE",
         "NAME", "DIGEST", "SIZE", "RMSE", "P@10", "R@20", "NDCG@20", "HIT@20", "BASE@10", "COMMIT"
-    );
+    )?;
     for Row {
         artifact: r,
         metrics: m,
     } in rows
     {
-        println!(
+        writeln!(
+            out,
             "{:<16} {:<12} {:>10} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:<13} {}",
             r.name,
             r.digest.short(),
@@ -101,7 +108,8 @@ fn models(rows: &[Row]) -> anyhow::Result<ExitCode> {
             num(m, &["baseline", "precision_at_10"]),
             format!("{}{}", short(&r.git_commit), if r.dirty { "+" } else { "" }),
             date(r.created),
-        );
+        )?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

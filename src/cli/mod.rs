@@ -5,6 +5,18 @@
 //! Exit codes: 0 success; 1 the command ran and found differences or
 //! problems (`status --exit-code`, `audit`, conflicts on `pull`); 2 an error.
 
+/// `println!` that returns the write's result instead of panicking on a
+/// closed pipe: `outln!("...")?`. Goes through the locked stdout (one line
+/// at a time, flushed at the newline); [`main`] turns a broken pipe into a
+/// quiet exit 0.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+pub(crate) use outln;
+
 mod add;
 mod audit;
 mod checkout;
@@ -104,11 +116,41 @@ impl Ctx {
         }))
     }
 
-    /// Print a line unless --quiet.
+    /// Print a status line unless --quiet. A failed write (a closed pipe,
+    /// a full disk) is remembered rather than returned: the command's own
+    /// work is not undone by a reader that went away; [`main`] reports it
+    /// (a broken pipe quietly) when the command ends.
     pub fn say(&self, s: impl AsRef<str>) {
         if !self.quiet {
-            println!("{}", s.as_ref());
+            say_line(s.as_ref());
         }
+    }
+}
+
+/// The first error writing a status line to stdout, if any.
+static STDOUT_ERROR: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
+
+/// Write one line through the locked stdout; after a failure, write
+/// nothing more (the error is kept for [`main`]).
+fn say_line(s: &str) {
+    let mut slot = match STDOUT_ERROR.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if slot.is_some() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{s}").and_then(|()| out.flush()) {
+        *slot = Some(e);
+    }
+}
+
+/// The error a status line met, to report once the command is done.
+fn take_stdout_error() -> Option<std::io::Error> {
+    match STDOUT_ERROR.lock() {
+        Ok(mut g) => g.take(),
+        Err(p) => p.into_inner().take(),
     }
 }
 
@@ -177,6 +219,7 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 
@@ -246,22 +289,73 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a, &ctx),
         Command::Config(a) => config::run(a, &ctx),
     };
+    // A status line that could not be written fails the command too.
+    let res = match (res, take_stdout_error()) {
+        (Ok(_), Some(e)) => Err(anyhow::Error::new(e).context("write to standard output")),
+        (res, _) => res,
+    };
     match res {
         Ok(code) => code,
         Err(e) => {
             // A closed pipe (`recsys ls | head`) is not an error.
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::BrokenPipe
-            {
+            if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {e:#}");
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "error: {}", render_error(&e));
             if let Some(hint) = hint(&e) {
-                eprintln!("hint: {hint}");
+                let _ = writeln!(err, "hint: {hint}");
             }
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether a broken pipe is anywhere in the error's chain: directly, or
+/// wrapped by serde_json (`--json` output), by a module's error enum, or by
+/// context.
+pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        if let Some(j) = c.downcast_ref::<serde_json::Error>() {
+            return j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe);
+        }
+        false
+    })
+}
+
+/// The error and its causes on one line, each said once: many errors
+/// format their source into their own message (`write x: No space left on
+/// device`) and also return it as `source()`, so a cause already in the
+/// text is not repeated. Each part is cut to a sane length: messages quote
+/// input, and no input may turn into a megabyte of terminal output.
+pub(crate) fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        let s = crate::text::clip_to(s.trim(), 20 * crate::text::CLIP);
+        if s.is_empty() || out.contains(s.as_ref()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
+}
+
+/// Log lines (`tracing`, used by the long-running commands) go to stderr,
+/// coloured only when stderr is a terminal and `NO_COLOR` is unset.
+pub(crate) fn init_logging() {
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
 }
 
 fn hint(e: &anyhow::Error) -> Option<&'static str> {
@@ -286,5 +380,54 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
             "pointer files are written by `recsys add`; restore it with `git checkout -- <file>`",
         ),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("write {path}: {source}")]
+    struct Wrapped {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let text = io.to_string();
+        let e = anyhow::Error::new(Wrapped {
+            path: "store/ab/cd",
+            source: io,
+        })
+        .context("add data/x.csv");
+        let r = render_error(&e);
+        assert_eq!(r.matches(&text).count(), 1, "{r}");
+        assert!(r.starts_with("add data/x.csv: write store/ab/cd: "), "{r}");
+    }
+
+    #[test]
+    fn a_broken_pipe_is_found_anywhere_in_the_chain() {
+        let pipe = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(is_broken_pipe(&anyhow::Error::new(pipe())));
+        assert!(is_broken_pipe(
+            &anyhow::Error::new(Wrapped {
+                path: "stdout",
+                source: pipe()
+            })
+            .context("ls")
+        ));
+        let json = serde_json::Error::io(pipe());
+        assert!(is_broken_pipe(&anyhow::Error::new(json)));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("broken pipe, in words")));
+    }
+
+    #[test]
+    fn huge_messages_are_cut() {
+        let e = anyhow::anyhow!("bad value {:?}", "x".repeat(1 << 20));
+        assert!(render_error(&e).len() < 5000);
     }
 }

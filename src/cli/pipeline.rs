@@ -67,7 +67,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     if !a.json && !ctx.quiet {
-        super::ingest::print_report(&ingested);
+        super::ingest::print_report(&ingested)?;
     }
     let trained = pipeline::train(&ws, &a.train.options(&ingested.dataset), &bar)?;
     if !a.json {

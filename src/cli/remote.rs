@@ -57,7 +57,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 super::print_json(&v)?;
             } else {
                 for (n, u, d) in list {
-                    println!("{} {n}\t{u}", if d { "*" } else { " " });
+                    super::outln!("{} {n}\t{u}", if d { "*" } else { " " })?;
                 }
             }
         }

@@ -66,10 +66,7 @@ fn hostname() -> String {
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    super::init_logging();
     let ws = ctx.open()?;
     let root = ws.root().to_path_buf();
     drop(ws);

@@ -219,6 +219,8 @@ struct Reference {
     row: ArtifactRow,
     data: Dataset,
     from_stream: bool,
+    /// The Kafka topic it was ingested from (`None`: not ingested).
+    topic: Option<String>,
 }
 
 /// Consume, check, write and register one dataset; commit offsets last.
@@ -245,7 +247,19 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
         UserSource::None => None,
     };
     let mut warnings = Vec::new();
-    let reference = previous_dataset(ws, &mut warnings)?;
+    // Two roles: the latest dataset of any source seeds user attributes
+    // and movie info (a MovieLens import knows both); drift is judged only
+    // against the latest dataset ingested from this same topic, so the
+    // first ingest after an import is not refused for being another source.
+    let reference = previous_dataset(ws, None, &mut warnings)?;
+    let before = warnings.len();
+    let drift_ref = match &reference {
+        Some(r) if r.topic.as_deref() == Some(opts.topic.as_str()) => None,
+        _ => previous_dataset(ws, Some(&opts.topic), &mut warnings)?,
+    };
+    // Say "first dataset from this topic" only when that is why.
+    let drift_unreadable = warnings.len() > before;
+    warnings.dedup();
 
     let source = kafka::KafkaSource::connect(&opts.brokers, &opts.topic, &opts.group)?;
     let partitions = source.partitions()?;
@@ -329,18 +343,32 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
             movies.iter().map(|m| &m.movie),
             &known,
         ));
-        let prev = quality::Profile::of(&r.data.events, r.from_stream);
-        q.drift = Some(quality::drift(
-            &r.row.name,
-            &prev,
-            &current,
-            &opts.thresholds,
-        ));
+    }
+    let same_topic = match (&drift_ref, &reference) {
+        (Some(d), _) => Some(d),
+        (None, Some(r)) if r.topic.as_deref() == Some(opts.topic.as_str()) => Some(r),
+        _ => None,
+    };
+    match same_topic {
+        Some(r) => {
+            let prev = quality::Profile::of(&r.data.events, r.from_stream);
+            q.drift = Some(quality::drift(
+                &r.row.name,
+                &prev,
+                &current,
+                &opts.thresholds,
+            ));
+        }
+        None if !drift_unreadable => q.warnings.push(format!(
+            "first dataset from topic {}: drift not checked (no earlier ingest of it)",
+            opts.topic
+        )),
+        None => {}
     }
     let severe: Vec<String> = q.severe().iter().map(|f| f.message.clone()).collect();
     if !severe.is_empty() && !opts.allow_drift {
         return Err(IngestError::Drift {
-            reference: reference.map(|r| r.row.name).unwrap_or_default(),
+            reference: same_topic.map(|r| r.row.name.clone()).unwrap_or_default(),
             findings: severe,
             quality: Box::new(q),
         });
@@ -551,45 +579,53 @@ fn recorded_positions(
     Ok(out)
 }
 
-/// The highest-numbered dataset, read from the store. A dataset that
-/// cannot be read (not in the local store, not in the dataset format) is
-/// a warning: drift is then not checked, and the report says so.
-fn previous_dataset(ws: &Workspace, warnings: &mut Vec<String>) -> Result<Option<Reference>> {
+/// The highest-numbered dataset (with `topic`: the highest ingested from
+/// that topic), read from the store. A dataset that cannot be read (not in
+/// the local store, not in the dataset format) is a warning: drift is then
+/// not checked, and the report says so.
+fn previous_dataset(
+    ws: &Workspace,
+    topic: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Reference>> {
     let rows = ws
         .lineage
         .artifacts(Some(Kind::Dataset.as_str()))
         .map_err(WorkspaceError::from)?;
-    let Some(row) = rows
+    let mut numbered: Vec<(u64, ArtifactRow)> = rows
         .into_iter()
         .filter_map(|r| {
             crate::workspace::number_after(&r.name, Kind::Dataset.prefix()).map(|n| (n, r))
         })
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, r)| r)
-    else {
-        return Ok(None);
-    };
-    match load_dataset(ws, &row) {
-        Ok(data) => {
-            let from_stream = ws
-                .lineage
-                .run(&row.run)
-                .map_err(WorkspaceError::from)?
-                .is_some_and(|r| r.kind == "ingest");
-            Ok(Some(Reference {
+        .collect();
+    numbered.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    for (_, row) in numbered {
+        let run = ws.lineage.run(&row.run).map_err(WorkspaceError::from)?;
+        let from_stream = run.as_ref().is_some_and(|r| r.kind == "ingest");
+        let its_topic = run
+            .as_ref()
+            .filter(|_| from_stream)
+            .and_then(|r| r.source["kafka"]["topic"].as_str().map(str::to_string));
+        if topic.is_some() && its_topic.as_deref() != topic {
+            continue;
+        }
+        return match load_dataset(ws, &row) {
+            Ok(data) => Ok(Some(Reference {
                 row,
                 data,
                 from_stream,
-            }))
-        }
-        Err(e) => {
-            warnings.push(format!(
-                "previous dataset {} could not be read ({e}); drift not checked",
-                row.name
-            ));
-            Ok(None)
-        }
+                topic: its_topic,
+            })),
+            Err(e) => {
+                warnings.push(format!(
+                    "previous dataset {} could not be read ({e}); drift not checked",
+                    row.name
+                ));
+                Ok(None)
+            }
+        };
     }
+    Ok(None)
 }
 
 /// Read a registered dataset directory from the store (not the work tree,

@@ -21,6 +21,9 @@ pub struct ImportReport {
     pub run: Option<Digest>,
     pub layout: &'static str,
     pub counts: Counts,
+    /// These exact bytes were registered already, as `dataset`: nothing
+    /// new was recorded.
+    pub unchanged: bool,
 }
 
 fn layout_name(l: Layout) -> &'static str {
@@ -146,5 +149,6 @@ pub fn import_movielens(
         run: added.run,
         layout,
         counts,
+        unchanged: added.unchanged,
     })
 }

@@ -147,11 +147,39 @@ pub fn record_dataset(
             path: format!("data/{name}"),
         });
     }
+    // 0777 less the umask, as `mkdir` makes it (tempfile's default is 0700).
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}.recsys-tmp-"))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .tempdir_in(&data)
         .map_err(io_err("create temp dir in", &data))?;
     ds.write_dir(tmp.path())?;
+    // The same bytes registered before (the same files imported twice):
+    // that version, not a new name for it.
+    let digest = staged_digest(tmp.path())?;
+    if let Some(a) = ws
+        .lineage
+        .artifacts_by_digest_prefix(&digest.hex())
+        .map_err(WorkspaceError::from)?
+        .into_iter()
+        .find(|a| a.digest == digest && a.kind == Kind::Dataset.as_str())
+    {
+        return Ok(Added {
+            path: a.path.clone().unwrap_or_default(),
+            pointer: a
+                .path
+                .as_ref()
+                .map(|p| format!("{p}{}", crate::workspace::pointer::EXT))
+                .unwrap_or_default(),
+            kind: Kind::Dataset,
+            name: a.name,
+            digest: a.digest,
+            size: a.size,
+            files: a.files,
+            run: Some(a.run),
+            unchanged: true,
+        });
+    }
     let tmp = tmp.keep();
     fs::rename(&tmp, &dir).map_err(io_err("rename into place", &dir))?;
     let out = Output {
@@ -169,6 +197,24 @@ pub fn record_dataset(
             Err(e.into())
         }
     }
+}
+
+/// The digest a staged dataset directory will have once added: the
+/// manifest of its files (flat, written without execute bits).
+fn staged_digest(dir: &Path) -> Result<crate::store::Digest> {
+    let mut entries = Vec::new();
+    for e in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let e = e.map_err(io_err("list", dir))?;
+        let p = e.path();
+        let size = e.metadata().map_err(io_err("stat", &p))?.len();
+        entries.push(crate::store::manifest::Entry {
+            path: e.file_name().to_string_lossy().into_owned(),
+            digest: crate::store::hash_file(&p)?,
+            size,
+            mode: 0o644,
+        });
+    }
+    Ok(crate::store::manifest::Manifest::new(entries).digest())
 }
 
 /// Read a registered dataset from the store (verified by digest); it need

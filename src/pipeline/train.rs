@@ -1,6 +1,7 @@
 //! `recsys train`: fit a model on a dataset's training part and register it.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use crate::dataset::Dataset;
 use crate::model::{self, Algo, Header, Interaction, Model, Params, SplitKind};
 use crate::progress::Progress;
 use crate::store::Digest;
-use crate::workspace::{Kind, Output, RunSpec, Workspace, write_atomic};
+use crate::workspace::{Kind, Output, RunSpec, Workspace, write_atomic_new};
 
 /// What the user asks for; unset values take the algorithm's defaults.
 #[derive(Debug, Clone)]
@@ -137,6 +138,27 @@ pub struct TrainReport {
     pub content_digest: String,
 }
 
+/// Publish the model file as the next free `models/model_vN.bin`. The file
+/// is the claim on the name: two `train`s finishing at once compute the
+/// same next name, one links its file there first, the other moves on to
+/// the number after it. A file already at a name (a crashed run's, or a
+/// user's) is never replaced.
+fn claim_model_file(ws: &Workspace, models: &Path, bytes: &[u8]) -> Result<(String, PathBuf)> {
+    let first = ws.next_name(Kind::Model)?;
+    let prefix = Kind::Model.prefix();
+    let n0 = crate::workspace::number_after(&first, prefix).unwrap_or(1);
+    for n in n0..n0 + 1000 {
+        let name = format!("{prefix}{n}");
+        let path = models.join(format!("{name}.bin"));
+        if write_atomic_new(&path, bytes)? {
+            return Ok((name, path));
+        }
+    }
+    Err(PipelineError::Occupied {
+        path: format!("models/{first}.bin and the 999 names after it"),
+    })
+}
+
 /// Train on a registered dataset and register the model as the next
 /// `models/model_vN.bin` with a `train` run.
 pub fn train(ws: &Workspace, o: &TrainOptions, progress: &dyn Progress) -> Result<TrainReport> {
@@ -146,7 +168,6 @@ pub fn train(ws: &Workspace, o: &TrainOptions, progress: &dyn Progress) -> Resul
     let ds = load_dataset(ws, &ds_art)?;
     let f = fit(&ds, &settings, &o.dataset)?;
 
-    let name = ws.next_name(Kind::Model)?;
     let header = Header {
         dataset_digest: ds_art.digest.hex(),
         code_commit: code_string(ws)?,
@@ -155,18 +176,12 @@ pub fn train(ws: &Workspace, o: &TrainOptions, progress: &dyn Progress) -> Resul
     };
     let mut bytes = Vec::new();
     model::save(&f.model, &header, &mut bytes).map_err(|source| PipelineError::Model {
-        name: name.clone(),
+        name: format!("the model trained on {}", o.dataset),
         error: source,
     })?;
     let models = ws.root().join("models");
     fs::create_dir_all(&models).map_err(super::io_err("create", &models))?;
-    let path = models.join(format!("{name}.bin"));
-    if fs::symlink_metadata(&path).is_ok() {
-        return Err(PipelineError::Occupied {
-            path: format!("models/{name}.bin"),
-        });
-    }
-    write_atomic(&path, &bytes)?;
+    let (name, path) = claim_model_file(ws, &models, &bytes)?;
 
     let mut spec = RunSpec::new("train", started);
     spec.algorithm = Some(settings.algorithm.name().to_string());

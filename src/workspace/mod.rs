@@ -436,20 +436,44 @@ fn normalize(p: &Path) -> PathBuf {
 /// Write a small file atomically and durably: temp file beside it, fsync,
 /// rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_as(path, bytes, true).map(|_| ())
+}
+
+/// [`write_atomic`], but only if nothing is at `path` yet: the complete
+/// file appears there (hard link, then the temp name is dropped) or
+/// `Ok(false)` says another writer got there first. Two processes claiming
+/// the same name this way never both succeed, and neither leaves a partial
+/// file.
+pub fn write_atomic_new(path: &Path, bytes: &[u8]) -> Result<bool> {
+    write_atomic_as(path, bytes, false)
+}
+
+fn write_atomic_as(path: &Path, bytes: &[u8], replace: bool) -> Result<bool> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    // Created 0666 less the umask, like any file a user's tool writes
+    // (tempfile's default is 0600, which git would commit as-is).
     let mut tmp = tempfile::Builder::new()
         .prefix(".recsys-tmp-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
         .ctx("create temp file in", dir)?;
     tmp.write_all(bytes).ctx("write", tmp.path())?;
     tmp.as_file().sync_all().ctx("sync", tmp.path())?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .ctx("rename into place", path)?;
+    if replace {
+        tmp.persist(path)
+            .map_err(|e| e.error)
+            .ctx("rename into place", path)?;
+    } else {
+        match tmp.persist_noclobber(path) {
+            Ok(_) => {}
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e.error).ctx("link into place", path),
+        }
+    }
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

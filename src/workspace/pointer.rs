@@ -261,8 +261,8 @@ impl Pointer {
     }
 }
 
-fn clip(s: &str) -> String {
-    s.chars().take(60).collect()
+fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::text::clip_to(s, 60)
 }
 
 #[cfg(test)]

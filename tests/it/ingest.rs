@@ -524,19 +524,14 @@ fn replay_to_file_parses_and_round_trips_through_kafka() {
     };
     assert_eq!(ratings(&d1), ratings(&d2));
     assert_eq!(d1.requests, d2.requests);
-    // Same movies and ratings as the previous dataset: no severe drift
-    // (the synthetic watch minutes do raise the event rate).
-    let drift = &second["quality"]["drift"];
-    assert_eq!(drift["reference"], "dataset_1");
-    assert_eq!(drift["new_movie_share"], 0.0);
-    assert_eq!(
-        drift["rating_mean"]["previous"],
-        drift["rating_mean"]["current"]
-    );
-    let findings = drift["findings"].as_array().expect("findings");
+    // Another topic is another source: its first dataset is not judged
+    // against the original's (and says so).
+    assert!(second["quality"]["drift"].is_null(), "{second}");
     assert!(
-        findings.iter().all(|f| f["severity"] != "severe"),
-        "{drift}"
+        second["quality"]["warnings"]
+            .to_string()
+            .contains("first dataset from topic replayed"),
+        "{second}"
     );
 }
 
@@ -898,4 +893,88 @@ fn pipeline_ingests_trains_evaluates_registers_and_promotes_only_a_better_model(
         assert_eq!(cfg["default"], "model_v1");
     }
     env.ok(&["config", "check"]);
+}
+
+/// Drift is judged against the previous dataset from the same topic: not
+/// against a MovieLens import (another source, whose ratings and movies
+/// differ by design), and not against another topic's latest dataset.
+#[test]
+fn drift_reference_is_the_previous_dataset_of_the_same_topic() {
+    let c = MockCluster::new(1).expect("mock cluster");
+    c.create_topic(TOPIC, 1, 1).expect("topic");
+    c.create_topic("movielog2", 1, 1).expect("topic");
+    let brokers = c.bootstrap_servers();
+    let env = Env::new();
+    let ml = env.tmp.path().join("ml");
+    crate::pipeline::classic_fixture(&ml);
+    env.ok(&["import", "movielens", ml.to_str().expect("utf8")]);
+
+    // Every rating 1 star, about movies the import never saw: severe drift
+    // against dataset_1, were it the reference.
+    let lows = |prefix: &str| -> Vec<(i32, Option<String>)> {
+        (0..200)
+            .map(|i| {
+                (
+                    0,
+                    Some(rate(
+                        i,
+                        &format!("{prefix}+movie+{}", 2000 + i % 10),
+                        1,
+                        i as u32,
+                    )),
+                )
+            })
+            .collect()
+    };
+    produce(&brokers, TOPIC, &lows("low"));
+    let first = ingest_json(&env, &brokers, &["--max-messages", "200"]);
+    assert_eq!(first["dataset"], "dataset_2");
+    assert!(first["quality"]["drift"].is_null(), "{first}");
+    let warnings = first["quality"]["warnings"].to_string();
+    assert!(
+        warnings.contains("first dataset from topic movielog1"),
+        "{warnings}"
+    );
+    // The import still seeds what it knows: its users keep their attributes.
+    let d2 = dataset(&env, "dataset_2");
+    assert!(
+        d2.users.iter().any(|u| u.user == 1 && u.age.is_some()),
+        "attributes from the import"
+    );
+
+    // Another topic with high ratings: its first dataset, not a drift
+    // from movielog1's.
+    let highs: Vec<(i32, Option<String>)> = (0..200)
+        .map(|i| (0, Some(rate(i, "high+movie+1999", 5, i as u32))))
+        .collect();
+    produce(&brokers, "movielog2", &highs);
+    let other = env.json(&[
+        "ingest",
+        "--brokers",
+        &brokers,
+        "--topic",
+        "movielog2",
+        "--max-messages",
+        "200",
+        "--json",
+    ]);
+    assert_eq!(other["dataset"], "dataset_3");
+    assert!(other["quality"]["drift"].is_null(), "{other}");
+
+    // Back on movielog1: compared with dataset_2 (same topic, same
+    // distribution), not dataset_3 (the newest) — so no severe drift.
+    produce(&brokers, TOPIC, &lows("low"));
+    let again = env.json(&[
+        "ingest",
+        "--brokers",
+        &brokers,
+        "--topic",
+        TOPIC,
+        "--max-messages",
+        "200",
+        "--json",
+    ]);
+    assert_eq!(again["quality"]["drift"]["reference"], "dataset_2");
+    let findings = again["quality"]["drift"]["findings"].to_string();
+    assert!(!findings.contains("severe"), "{findings}");
 }

@@ -3,6 +3,7 @@
 //! cleared environment, fixed git identity and dates, fixed recsys clock
 //! (serving tests also call the library's `app` directly with `oneshot`).
 
+mod cli;
 mod common;
 mod ingest;
 mod movielens;

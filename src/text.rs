@@ -1,0 +1,46 @@
+//! Text helpers for messages built from untrusted input.
+//!
+//! An offending value is quoted in an error so a user can find it, but a
+//! 10 MB field must not become a 10 MB error line: values are cut to
+//! [`CLIP`] bytes (at a character boundary) and marked with `…`.
+
+use std::borrow::Cow;
+
+/// How much of an offending value a message quotes.
+pub const CLIP: usize = 200;
+
+/// `s` cut to its first [`CLIP`] bytes, with `…` when anything was cut.
+pub fn clip(s: &str) -> Cow<'_, str> {
+    clip_to(s, CLIP)
+}
+
+/// `s` cut to its first `max` bytes (rounded down to a character
+/// boundary), with `…` when anything was cut.
+pub fn clip_to(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &s[..end]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_at_a_char_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "x".repeat(10_000_000);
+        let c = clip(&long);
+        assert_eq!(c.len(), CLIP + "…".len());
+        assert!(c.ends_with('…'));
+        // 'é' is two bytes: a cut inside it moves back.
+        let s = format!("a{}", "é".repeat(10));
+        assert_eq!(clip_to(&s, 4), "aé…");
+        assert_eq!(clip_to(&s, 21), s);
+    }
+}
