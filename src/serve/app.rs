@@ -186,7 +186,7 @@ async fn recommend(
     if let Some(log) = &st.log {
         log.log(LogEvent {
             id,
-            time_ms: super::log::now_ms(),
+            time_ms: super::warn::now_ms(),
             user,
             served: served.clone(),
             config: dep.config_hex.clone(),

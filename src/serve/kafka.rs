@@ -20,7 +20,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
-use super::log::WarnGate;
+use super::warn::WarnGate;
 use super::metrics::Metrics;
 
 /// Where to copy the request log.

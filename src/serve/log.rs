@@ -23,7 +23,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
 };
@@ -35,6 +35,7 @@ use axum::body::Bytes;
 use super::deploy::Served;
 use super::kafka::{KafkaLogError, KafkaLogOptions, KafkaSink};
 use super::metrics::Metrics;
+use super::warn::{WarnGate, now_ms};
 use crate::lineage::requests::{
     RequestRow, SEGMENT_FORMAT, SegmentHeader, SegmentRef, ServedBy, index_segment, parse_segment,
 };
@@ -143,29 +144,6 @@ pub struct RequestLog {
     metrics: Arc<Metrics>,
     dropped: Arc<AtomicU64>,
     warned: WarnGate,
-}
-
-/// Lets a warning through at most once a second, across threads.
-#[derive(Default)]
-pub(crate) struct WarnGate(AtomicI64);
-
-impl WarnGate {
-    pub(crate) fn open(&self) -> bool {
-        let now = now_ms();
-        let last = self.0.load(Ordering::Relaxed);
-        now - last >= 1000
-            && self
-                .0
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl RequestLog {

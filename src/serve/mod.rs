@@ -18,6 +18,7 @@ pub mod kafka;
 pub mod log;
 pub mod metrics;
 mod users;
+mod warn;
 
 use std::collections::HashMap;
 use std::future::Future;
