@@ -7,4 +7,5 @@ mod common;
 mod ingest;
 mod pipeline;
 mod serve;
+mod serve_limits;
 mod store;
