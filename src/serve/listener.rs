@@ -21,7 +21,8 @@
 //!   grace period, then drop whatever is left.
 //!
 //! Every decision is counted in `/metrics` (`recsys_connections_*`,
-//! `recsys_accept_errors_total`).
+//! `recsys_accept_errors_total`). hyper's own answers to requests it cannot
+//! parse get our `X-Request-Id` and message too (see [`Watched`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -239,10 +240,71 @@ impl Track {
     }
 }
 
-/// A socket that tells its [`Track`] about reads and stalled writes.
+/// A socket that tells its [`Track`] about reads and stalled writes, and
+/// puts our `X-Request-Id` and message on the answers hyper writes by
+/// itself (a malformed request line or header, 400; a head too large,
+/// 431; a URI too long, 414), which never reach the app's layer.
 struct Watched {
     io: TcpStream,
     track: Arc<Track>,
+    /// The rest of a rewritten answer, written before anything else.
+    pending: Vec<u8>,
+}
+
+/// hyper's own answer to a request it could not parse: a head with no
+/// `x-request-id` (every answer of the app has one).
+fn automatic_answer(buf: &[u8]) -> Option<(u16, &str)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let status_line = head.lines().next()?;
+    let rest = status_line.strip_prefix("HTTP/1.1 ")?;
+    let code: u16 = rest.get(..3)?.parse().ok()?;
+    let has_id = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("x-request-id:"));
+    (!has_id).then_some((code, rest.get(4..).unwrap_or("")))
+}
+
+fn rewritten(code: u16, reason: &str) -> Vec<u8> {
+    let body = match code {
+        431 => "request head too large\n",
+        414 => "request URI too long\n",
+        _ => "bad request: malformed request line or headers\n",
+    };
+    format!(
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         x-request-id: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        uuid::Uuid::now_v7().hyphenated(),
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl Watched {
+    fn drain_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.pending.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Take `buf` as written when it is hyper's own answer, sending ours.
+    fn rewrite(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        let (code, reason) = automatic_answer(buf)?;
+        self.pending = rewritten(code, reason);
+        Some(match self.drain_pending(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            // Taken; the rest goes out at the next write or flush.
+            _ => Poll::Ready(Ok(buf.len())),
+        })
+    }
 }
 
 impl AsyncRead for Watched {
@@ -266,8 +328,16 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.track.write_result(&r);
+        let this = &mut *self;
+        let r = match this.drain_pending(cx) {
+            Poll::Ready(Ok(())) => match this.rewrite(cx, buf) {
+                Some(r) => r,
+                None => Pin::new(&mut this.io).poll_write(cx, buf),
+            },
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        };
+        this.track.write_result(&r);
         r
     }
 
@@ -276,8 +346,19 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.track.write_result(&r);
+        let this = &mut *self;
+        let r = match this.drain_pending(cx) {
+            Poll::Ready(Ok(())) => {
+                let first = bufs.iter().find(|b| !b.is_empty());
+                match first.and_then(|b| this.rewrite(cx, b)) {
+                    Some(r) => r,
+                    None => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+                }
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        };
+        this.track.write_result(&r);
         r
     }
 
@@ -286,13 +367,21 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.io).poll_flush(cx);
-        self.track.write_result(&r);
+        let this = &mut *self;
+        let r = match this.drain_pending(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_flush(cx),
+            other => other,
+        };
+        this.track.write_result(&r);
         r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        match this.drain_pending(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_shutdown(cx),
+            other => other,
+        }
     }
 }
 
@@ -556,6 +645,7 @@ async fn connection(
     let io = TokioIo::new(Watched {
         io: stream,
         track: track.clone(),
+        pending: Vec::new(),
     });
     let tower = TowerToHyperService::new(app);
     let svc_track = track.clone();
@@ -578,7 +668,7 @@ async fn connection(
         // stalled answers; hyper's would start at the previous answer.
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .max_header_size(MAX_HEAD_BYTES);
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     let mut draining = false;

@@ -312,6 +312,39 @@ fn a_non_utf8_path_over_the_wire_gets_a_request_id() {
     live.shutdown();
 }
 
+#[test]
+fn requests_hyper_cannot_parse_get_a_request_id_and_our_message() {
+    let p = Project::new();
+    let live = Live::start(&p, Limits::default());
+    let huge = format!(
+        "GET /recommend/1 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    for (what, req, want_status, want_body) in [
+        (
+            "a header without a colon",
+            "GET /recommend/1 HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n".to_string(),
+            400,
+            "bad request: malformed",
+        ),
+        ("a head over 64 KiB", huge, 431, "request head too large"),
+    ] {
+        let s = connect(live.port);
+        let _ = (&s).write_all(req.as_bytes());
+        let (status, h, body) = read_answer(&s).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(status, want_status, "{what}: {body}");
+        assert!(
+            uuid::Uuid::parse_str(h.get("x-request-id").map_or("", |s| s)).is_ok(),
+            "{what}: {h:?}"
+        );
+        assert!(body.starts_with(want_body), "{what}: {body}");
+    }
+    // The connection it happened on is closed; others are unaffected.
+    let (status, _, _) = fetch(live.port, "/recommend/3");
+    assert_eq!(status, 200);
+    live.shutdown();
+}
+
 // ---------------------------------------------------------------------------
 // Connection limits
 
