@@ -1,8 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 use super::Ctx;
 use crate::serve::config::{ConfigProblem, parse};
 
@@ -20,10 +18,13 @@ enum Sub {
 
 /// Validate a router config and report every problem with its JSON path.
 ///
-/// Checks the structure (unknown fields, types, one action per rule,
-/// weights, percentages, age and bucket ranges, unique rule names, every
-/// user routed). Inside a project it also checks that every model version
-/// named is registered as a model. Exit 1 when there is any problem.
+/// Checks what the server's loader checks, with the same code: a regular
+/// file of at most --max-bytes; JSON without duplicate keys, nested at most
+/// 32 deep, numbers in range; the structure (unknown fields, types, one
+/// action per rule, weights and their sum, percentages, age and bucket
+/// ranges, unique rule names, every user routed). Inside a project it
+/// also checks that every model version named is registered as a model.
+/// Exit 1 when there is any problem.
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  recsys config check\n  recsys config check staging.json --json"
@@ -33,6 +34,9 @@ struct CheckArgs {
     file: Option<PathBuf>,
     #[arg(long)]
     json: bool,
+    /// Largest file accepted, in bytes (as `recsys serve --max-config-bytes`).
+    #[arg(long, default_value_t = crate::serve::DEFAULT_MAX_CONFIG_BYTES)]
+    max_bytes: u64,
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
@@ -48,7 +52,8 @@ fn check(a: CheckArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         (None, Some(ws)) => ws.root().join("config.json"),
         (None, None) => ctx.dir.join("config.json"),
     };
-    let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+    // The server's reader: a FIFO or a device is refused, never read.
+    let bytes = crate::serve::deploy::read_config(&file, a.max_bytes)?;
     let mut problems: Vec<ConfigProblem> = Vec::new();
     let mut models = Vec::new();
     match parse(&bytes) {

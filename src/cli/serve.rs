@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::Ctx;
-use crate::serve::{KafkaLogOptions, ServeOptions, Server};
+use crate::serve::{KafkaLogOptions, Limits, ServeOptions, Server};
 
 /// Serve recommendations over HTTP, routed by config.json.
 ///
@@ -14,12 +14,23 @@ use crate::serve::{KafkaLogOptions, ServeOptions, Server};
 /// with an X-Request-Id header; GET /health and GET /metrics (Prometheus).
 /// The server reloads config.json and the models it names within seconds of
 /// a change, keeping the last good config when the new one cannot be
-/// served. Every answer is logged (log/requests/ and lineage.db) so that
-/// `recsys lineage <request-id>` explains it. SIGTERM or Ctrl-C stops
-/// accepting, finishes requests in flight and flushes the log.
+/// served; a failing reload is retried every poll and shown by /health
+/// (`stale`, with the error) and /metrics. Every answer is logged
+/// (log/requests/ and lineage.db) so that `recsys lineage <request-id>`
+/// explains it. SIGTERM or Ctrl-C stops accepting, finishes requests in
+/// flight (for at most --shutdown-grace) and flushes the log.
+///
+/// Connections are limited: a request head must arrive within
+/// --header-read-timeout, a keep-alive connection may idle for
+/// --idle-timeout, an answer must be written within --request-timeout, and
+/// at most --max-connections are open. At the cap a new connection takes
+/// the place of the one that has waited longest with no request in
+/// progress; when all are busy it gets a 503 with Retry-After. Running out
+/// of file descriptors never stops the server: it makes room or backs off
+/// and keeps accepting. Each of these is counted in /metrics.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  recsys serve\n  recsys serve --bind 0.0.0.0 --port 8082 --config config.json\n  recsys serve --log-kafka localhost:9092 --log-kafka-topic recsys-requests\n  curl -i http://127.0.0.1:8082/recommend/42"
+    after_help = "Examples:\n  recsys serve\n  recsys serve --bind 0.0.0.0 --port 8082 --config config.json\n  recsys serve --max-connections 4096 --header-read-timeout 5s --idle-timeout 30s\n  recsys serve --log-kafka localhost:9092 --log-kafka-topic recsys-requests\n  curl -i http://127.0.0.1:8082/recommend/42"
 )]
 pub struct Args {
     /// Address to listen on.
@@ -55,6 +66,76 @@ pub struct Args {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Most connections open at once. The soft open-file limit is raised
+    /// to fit when the hard limit allows; a warning says when it cannot.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Time a client has to send a whole request head, from connecting or
+    /// from its first byte after an idle keep-alive (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    header_read_timeout: Duration,
+    /// Time a keep-alive connection may stay open with no request.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    idle_timeout: Duration,
+    /// Time from a complete request head to its answer written to the
+    /// socket; a connection over it (a client not reading) is closed.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    request_timeout: Duration,
+    /// At shutdown, time requests in flight get to finish before their
+    /// connections are closed.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    shutdown_grace: Duration,
+    /// Largest config file read, in bytes; a larger one is refused
+    /// without being read (the last good config keeps serving).
+    #[arg(long, default_value_t = crate::serve::DEFAULT_MAX_CONFIG_BYTES, value_parser = clap::value_parser!(u64).range(2..=1 << 30))]
+    max_config_bytes: u64,
+}
+
+/// A positive duration such as `10s`, `500ms` or `2m`.
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 10s, 500ms, 2m)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// File descriptors kept for everything but connections: the store,
+/// lineage.db, the request log, the runtime, refused connections.
+const RESERVED_FDS: u64 = 128;
+
+/// Raise the soft open-file limit so `max_connections` fit, as far as the
+/// hard limit allows; warn when they still do not (accept then meets
+/// EMFILE, which the server survives by evicting idle connections).
+fn fit_open_file_limit(max_connections: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let want = max_connections.saturating_add(RESERVED_FDS);
+    let lim = getrlimit(Resource::Nofile);
+    let Some(soft) = lim.current else {
+        return; // unlimited
+    };
+    if soft >= want {
+        return;
+    }
+    let target = lim.maximum.map_or(want, |hard| hard.min(want));
+    if target > soft
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: lim.maximum,
+            },
+        )
+        .is_ok()
+        && target >= want
+    {
+        return;
+    }
+    let have = target.max(soft);
+    tracing::warn!(
+        "--max-connections {max_connections} needs about {want} open files, the limit is {have} \
+         (raise it with ulimit -n): past it idle connections are evicted to make room"
+    );
 }
 
 fn hostname() -> String {
@@ -83,6 +164,15 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             topic: a.log_kafka_topic.clone(),
         });
     }
+    opts.max_config_bytes = a.max_config_bytes;
+    opts.limits = Limits {
+        max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: a.header_read_timeout,
+        idle_timeout: a.idle_timeout,
+        request_timeout: a.request_timeout,
+        shutdown_grace: a.shutdown_grace,
+    };
+    fit_open_file_limit(a.max_connections);
     let server = Server::start(opts, ctx.settings.clone())?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();

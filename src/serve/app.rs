@@ -3,18 +3,26 @@
 //! Every outcome maps to an explicit response; nothing internal leaks into a
 //! body. `/recommend` never answers 5xx once a model is loaded: an unknown
 //! user or a failing model gets the routed model's popularity list.
+//!
+//! One layer around every route and the fallback gives each answer its
+//! `X-Request-Id` and replaces any response the framework made itself (a
+//! rejection such as a path that is not UTF-8 once percent-decoded, or a
+//! method not allowed) with our own plain-text message: nothing reaches a
+//! client without passing through it.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwapOption;
-use axum::Router;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 
 use super::deploy::{Deployment, TOP_N};
 use super::log::{LogEvent, RequestLog};
@@ -23,11 +31,52 @@ use super::metrics::Metrics;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What handlers share: the deployment (swapped whole on reload), the
-/// metrics and the request log.
+/// outcome of the last config load, the metrics and the request log.
 pub struct AppState {
     pub deployment: ArcSwapOption<Deployment>,
+    pub reload: ArcSwap<ReloadStatus>,
     pub metrics: Arc<Metrics>,
     pub log: Option<RequestLog>,
+}
+
+/// The last attempt to load config.json, for `/health`: a failing reload
+/// leaves the last good config serving, and this says so.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    /// The config file watched.
+    pub config: std::path::PathBuf,
+    pub ok: bool,
+    pub at: SystemTime,
+    /// Why the last attempt failed (one line, cut to 500 bytes).
+    pub error: Option<String>,
+    /// When a config was last loaded (at start, or a reload).
+    pub last_good: SystemTime,
+    /// Failed attempts in a row since then.
+    pub failures: u64,
+}
+
+/// Longest error text `/health` shows.
+const MAX_ERROR_SHOWN: usize = 500;
+
+fn one_line(s: &str) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.len() <= MAX_ERROR_SHOWN {
+        return flat;
+    }
+    let mut end = MAX_ERROR_SHOWN;
+    while !flat.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &flat[..end])
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl AppState {
@@ -39,11 +88,58 @@ impl AppState {
         if let Some(d) = &deployment {
             metrics.models_loaded.set(d.models.len() as i64);
         }
+        let now = SystemTime::now();
+        let loaded = deployment.is_some();
+        if loaded {
+            metrics.reload(Ok(()), unix_seconds(now), false);
+        }
         AppState {
             deployment: ArcSwapOption::from(deployment.map(Arc::new)),
+            reload: ArcSwap::from_pointee(ReloadStatus {
+                config: std::path::PathBuf::new(),
+                ok: loaded,
+                at: now,
+                error: None,
+                last_good: now,
+                failures: 0,
+            }),
             metrics,
             log,
         }
+    }
+
+    /// Name the config file `/health` reports on.
+    pub fn watching(&self, config: &std::path::Path) {
+        let mut st = ReloadStatus::clone(&self.reload.load());
+        st.config = config.to_path_buf();
+        self.reload.store(Arc::new(st));
+    }
+
+    /// Record the outcome of a reload attempt (metrics and `/health`).
+    pub fn record_reload(&self, outcome: Result<(), &super::deploy::DeployError>) {
+        let now = SystemTime::now();
+        let prev = self.reload.load_full();
+        self.metrics
+            .reload(outcome.map_err(|e| e.kind()), unix_seconds(now), true);
+        let st = match outcome {
+            Ok(()) => ReloadStatus {
+                config: prev.config.clone(),
+                ok: true,
+                at: now,
+                error: None,
+                last_good: now,
+                failures: 0,
+            },
+            Err(e) => ReloadStatus {
+                config: prev.config.clone(),
+                ok: false,
+                at: now,
+                error: Some(one_line(&e.to_string())),
+                last_good: prev.last_good,
+                failures: prev.failures + 1,
+            },
+        };
+        self.reload.store(Arc::new(st));
     }
 
     /// Swap in a new deployment atomically: requests in flight finish on
@@ -60,7 +156,74 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        // Last, so it wraps every route and both fallbacks.
+        .layer(axum::middleware::from_fn(with_request_id))
+}
+
+/// The id of the request being answered, put in the request's extensions
+/// by [`with_request_id`] for handlers (and the request log) to use.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestId(pub uuid::Uuid);
+
+/// Marks a response this module wrote; any other is the framework's own.
+#[derive(Debug, Clone, Copy)]
+struct Ours;
+
+/// A response of ours: status, plain-text body, marked.
+fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    (status, Extension(Ours), text(body)).into_response()
+}
+
+/// The header form of a request id.
+pub fn id_header(id: uuid::Uuid) -> HeaderValue {
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(&id.hyphenated().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Give the request an id (the caller's when it is a well-formed UUID),
+/// answer, and put the id on the answer, whatever produced it. A response
+/// the framework made itself is replaced by our own message.
+async fn with_request_id(mut req: Request, next: Next) -> Response {
+    let id = request_id(req.headers());
+    req.extensions_mut().insert(RequestId(id));
+    let mut res = next.run(req).await;
+    if res.extensions().get::<Ours>().is_none() {
+        let allow = res.headers().get(header::ALLOW).cloned();
+        res = framework_rejection(res.status());
+        if let Some(a) = allow {
+            res.headers_mut().insert(header::ALLOW, a);
+        }
+    }
+    res.headers_mut().insert(REQUEST_ID, id_header(id));
+    res
+}
+
+/// Our message for a status the framework answered with.
+fn framework_rejection(status: StatusCode) -> Response {
+    let msg = match status {
+        StatusCode::NOT_FOUND => NOT_FOUND.to_string(),
+        StatusCode::METHOD_NOT_ALLOWED => METHOD_NOT_ALLOWED.to_string(),
+        s if s.is_client_error() => format!(
+            "bad request ({}): try GET /recommend/<userid>, /health or /metrics\n",
+            s.as_u16()
+        ),
+        s => format!(
+            "{} {}\n",
+            s.as_u16(),
+            s.canonical_reason().unwrap_or("error")
+        ),
+    };
+    answer(status, msg)
+}
+
+const NOT_FOUND: &str = "not found: try GET /recommend/<userid>, /health or /metrics\n";
+const METHOD_NOT_ALLOWED: &str = "method not allowed: only GET (and HEAD) are served: try GET /recommend/<userid>, /health or /metrics\n";
+
+async fn method_not_allowed() -> Response {
+    answer(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED)
 }
 
 /// Why an answer is not a recommendation; each maps to one status.
@@ -70,7 +233,7 @@ enum ApiError {
 }
 
 impl ApiError {
-    fn response(self, id: &HeaderValue, metrics: &Metrics) -> Response {
+    fn response(self, metrics: &Metrics) -> Response {
         let (status, msg) = match self {
             ApiError::BadUser(reason) => (StatusCode::BAD_REQUEST, reason),
             ApiError::NoModel => (
@@ -79,7 +242,7 @@ impl ApiError {
             ),
         };
         metrics.rejected(status.as_u16());
-        (status, [(REQUEST_ID, id.clone())], text(format!("{msg}\n"))).into_response()
+        answer(status, format!("{msg}\n"))
     }
 }
 
@@ -133,20 +296,33 @@ pub fn parse_user(raw: &str) -> Result<u64, String> {
 
 async fn recommend(
     State(st): State<Arc<AppState>>,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
+    Extension(RequestId(id)): Extension<RequestId>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let start = Instant::now();
-    let id = request_id(&headers);
-    // A hyphenated UUID is always a valid header value.
-    let id_header = HeaderValue::from_str(&id.hyphenated().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    let raw = match path {
+        Ok(Path(raw)) => raw,
+        Err(rejection) => {
+            let reason = match rejection {
+                PathRejection::FailedToDeserializePathParams(e)
+                    if matches!(
+                        e.kind(),
+                        axum::extract::path::ErrorKind::InvalidUtf8InPathParam { .. }
+                    ) =>
+                {
+                    "bad user id: not UTF-8 once percent-decoded (expected a non-negative integer)"
+                }
+                _ => "bad user id: unreadable path (expected /recommend/<non-negative integer>)",
+            };
+            return ApiError::BadUser(reason.into()).response(&st.metrics);
+        }
+    };
     let user = match parse_user(&raw) {
         Ok(u) => u,
-        Err(reason) => return ApiError::BadUser(reason).response(&id_header, &st.metrics),
+        Err(reason) => return ApiError::BadUser(reason).response(&st.metrics),
     };
     let Some(dep) = st.deployment.load_full() else {
-        return ApiError::NoModel.response(&id_header, &st.metrics);
+        return ApiError::NoModel.response(&st.metrics);
     };
     let attrs = dep.users.get(&user);
     // A checked config always routes; model 0 is the safe answer otherwise.
@@ -155,7 +331,7 @@ async fn recommend(
         None => (0, Arc::from("unrouted")),
     };
     let Some(served) = dep.models.get(mi).cloned() else {
-        return ApiError::NoModel.response(&id_header, &st.metrics);
+        return ApiError::NoModel.response(&st.metrics);
     };
     let known = u32::try_from(user)
         .ok()
@@ -196,31 +372,56 @@ async fn recommend(
             body: body.clone(),
         });
     }
-    (StatusCode::OK, [(REQUEST_ID, id_header)], text(body)).into_response()
+    answer(StatusCode::OK, body)
 }
 
+/// `ok` (or `stale` while config.json fails to load: the last good config
+/// is served) and what serves, then `key: value` lines about the last
+/// config load. 503 only when nothing is loaded at all.
 async fn health(State(st): State<Arc<AppState>>) -> Response {
+    let r = st.reload.load_full();
+    let at = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    let mut details = format!(
+        "config: {}\nlast_reload: {}\nlast_reload_at: {}\nlast_good_reload_at: {}\nfailed_attempts: {}\n",
+        r.config.display(),
+        if r.ok { "ok" } else { "failed" },
+        at(r.at),
+        at(r.last_good),
+        r.failures
+    );
+    if let Some(e) = &r.error {
+        details.push_str(&format!("last_reload_error: {e}\n"));
+    }
     match st.deployment.load_full() {
-        Some(d) => (
-            StatusCode::OK,
-            text(format!(
-                "ok: config {} serving {}\n",
-                d.config_digest.short(),
-                d.model_names().join(", ")
-            )),
-        )
-            .into_response(),
-        None => (
+        Some(d) => {
+            let head = if r.ok {
+                "ok".to_string()
+            } else {
+                format!(
+                    "stale (config.json has failed to load {} time(s); the last good config is served)",
+                    r.failures
+                )
+            };
+            answer(
+                StatusCode::OK,
+                format!(
+                    "{head}: config {} serving {}\n{details}",
+                    d.config_digest.short(),
+                    d.model_names().join(", ")
+                ),
+            )
+        }
+        None => answer(
             StatusCode::SERVICE_UNAVAILABLE,
-            text("not ready: no model is loaded\n"),
-        )
-            .into_response(),
+            format!("not ready: no model is loaded\n{details}"),
+        ),
     }
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     (
         StatusCode::OK,
+        Extension(Ours),
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -231,11 +432,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        text("not found: try GET /recommend/<userid>, /health or /metrics\n"),
-    )
-        .into_response()
+    answer(StatusCode::NOT_FOUND, NOT_FOUND)
 }
 
 #[cfg(test)]

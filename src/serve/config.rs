@@ -146,19 +146,22 @@ impl fmt::Display for ConfigProblem {
 #[error("{} problem(s): {}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
 pub struct ConfigErrors(pub Vec<ConfigProblem>);
 
+/// Deepest nesting a config may have. A real one is five levels deep
+/// (`$.rules[0].when.age.min`); serde_json's own limit (128) would answer
+/// deeper input with an opaque "recursion limit exceeded".
+pub const MAX_DEPTH: usize = 32;
+
+/// Longest salt or rule name, in bytes: both are hashed on every request.
+pub const MAX_HASHED_LEN: usize = 256;
+
 /// Parse and validate a config; every problem is reported, not just the first.
+///
+/// The JSON is read by [`read_json`], which, unlike `serde_json::Value`,
+/// refuses duplicate keys (a `Value` silently keeps the last one, so a
+/// reviewer reading the first would be misled about what serves) and says
+/// what is wrong with input nested too deep or numbers out of range.
 pub fn parse(bytes: &[u8]) -> Result<RouterConfig, ConfigErrors> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ConfigErrors(vec![ConfigProblem {
-            path: "$".into(),
-            message: format!(
-                "not valid JSON: {} at line {} column {}",
-                e.classify_str(),
-                e.line(),
-                e.column()
-            ),
-        }])
-    })?;
+    let v = read_json(bytes).map_err(ConfigErrors)?;
     let mut c = Checker::default();
     c.root(&v);
     if !c.problems.is_empty() {
@@ -174,17 +177,188 @@ pub fn parse(bytes: &[u8]) -> Result<RouterConfig, ConfigErrors> {
     })
 }
 
-trait ClassifyStr {
-    fn classify_str(&self) -> &'static str;
+/// One step of a JSON path.
+enum Seg {
+    Key(String),
+    Index(usize),
 }
 
-impl ClassifyStr for serde_json::Error {
-    fn classify_str(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "read error",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "wrong data",
-            serde_json::error::Category::Eof => "unexpected end of file",
+fn json_path(segs: &[Seg]) -> String {
+    let mut s = String::from("$");
+    for seg in segs {
+        match seg {
+            Seg::Key(k)
+                if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                s.push('.');
+                s.push_str(k);
+            }
+            Seg::Key(k) => {
+                let shown: String = k.chars().take(40).collect();
+                s.push_str(&format!("[{shown:?}]"));
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// What the reader knows while it descends: where it is (so an error
+/// deep inside names its path) and the duplicate keys seen so far.
+#[derive(Default)]
+struct ReadState {
+    path: Vec<Seg>,
+    duplicates: Vec<String>,
+    too_deep: bool,
+}
+
+struct ValueSeed<'a>(&'a std::cell::RefCell<ReadState>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl ValueSeed<'_> {
+    fn enter<E: serde::de::Error>(&self) -> Result<(), E> {
+        let mut st = self.0.borrow_mut();
+        if st.path.len() >= MAX_DEPTH {
+            st.too_deep = true;
+            return Err(E::custom(format!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ValueSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        // serde_json never produces a non-finite float, but say so if it did.
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.enter()?;
+        let mut out = Vec::new();
+        loop {
+            self.0.borrow_mut().path.push(Seg::Index(out.len()));
+            // On error the path is left as it is: it says where.
+            let Some(v) = seq.next_element_seed(ValueSeed(self.0))? else {
+                self.0.borrow_mut().path.pop();
+                break;
+            };
+            self.0.borrow_mut().path.pop();
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.enter()?;
+        let mut out = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            self.0.borrow_mut().path.push(Seg::Key(k.clone()));
+            let v = map.next_value_seed(ValueSeed(self.0))?;
+            let mut st = self.0.borrow_mut();
+            if out.contains_key(&k) {
+                let p = json_path(&st.path);
+                st.duplicates.push(p);
+            } else {
+                out.insert(k, v);
+            }
+            st.path.pop();
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Read JSON into a `Value`, refusing what `serde_json::from_slice` would
+/// take silently (duplicate keys: every one is reported at its path) and
+/// naming what it would report opaquely (nesting deeper than
+/// [`MAX_DEPTH`], numbers out of range), with the JSON path where the
+/// reader stopped.
+pub fn read_json(bytes: &[u8]) -> Result<Value, Vec<ConfigProblem>> {
+    let state = std::cell::RefCell::new(ReadState::default());
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let res = serde::de::DeserializeSeed::deserialize(ValueSeed(&state), &mut de)
+        .and_then(|v| de.end().map(|()| v));
+    let st = state.into_inner();
+    match res {
+        Ok(v) if st.duplicates.is_empty() => Ok(v),
+        Ok(_) => Err(st
+            .duplicates
+            .into_iter()
+            .map(|path| ConfigProblem {
+                path,
+                message: "duplicate key (a JSON reader would silently keep only the last)".into(),
+            })
+            .collect()),
+        Err(e) => {
+            let at = format!("line {} column {}", e.line(), e.column());
+            // serde_json's message ends with its own " at line L column C".
+            let full = e.to_string();
+            let what = full
+                .strip_suffix(&format!(" at {at}"))
+                .unwrap_or(&full)
+                .to_string();
+            let message = if st.too_deep {
+                format!("{what} (at {at})")
+            } else {
+                match e.classify() {
+                    serde_json::error::Category::Eof => {
+                        format!("not valid JSON: unexpected end of file ({what}) at {at}")
+                    }
+                    _ => format!("not valid JSON: {what} at {at}"),
+                }
+            };
+            let path = if st.too_deep {
+                let mut p = json_path(&st.path);
+                if p.len() > 80 {
+                    p.truncate(80);
+                    p.push('…');
+                }
+                p
+            } else {
+                json_path(&st.path)
+            };
+            let mut problems: Vec<ConfigProblem> = st
+                .duplicates
+                .into_iter()
+                .map(|path| ConfigProblem {
+                    path,
+                    message: "duplicate key (a JSON reader would silently keep only the last)"
+                        .into(),
+                })
+                .collect();
+            problems.push(ConfigProblem { path, message });
+            Err(problems)
         }
     }
 }
@@ -244,6 +418,13 @@ impl Checker {
         if let Some(s) = m.get("salt") {
             match s.as_str() {
                 Some("") => self.bad("$.salt", "must not be empty"),
+                Some(s) if s.len() > MAX_HASHED_LEN => self.bad(
+                    "$.salt",
+                    format!(
+                        "is {} bytes; at most {MAX_HASHED_LEN} (it is hashed on every request)",
+                        s.len()
+                    ),
+                ),
                 Some(_) => {}
                 None => self.bad(
                     "$.salt",
@@ -289,6 +470,13 @@ impl Checker {
             None => self.bad(&format!("{p}.name"), "missing: every rule needs a name"),
             Some(None) => self.bad(&format!("{p}.name"), "expected a string"),
             Some(Some("")) => self.bad(&format!("{p}.name"), "must not be empty"),
+            Some(Some(n)) if n.len() > MAX_HASHED_LEN => self.bad(
+                &format!("{p}.name"),
+                format!(
+                    "is {} bytes; at most {MAX_HASHED_LEN} (it is hashed on every request)",
+                    n.len()
+                ),
+            ),
             Some(Some(n)) => {
                 if !names.insert(n.to_string()) {
                     self.bad(
@@ -353,6 +541,10 @@ impl Checker {
         if arms.is_empty() {
             self.bad(p, "must name at least one model");
         }
+        // Each weight may be finite and the sum still overflow (two of
+        // 1e308): every share would be 0 and all users go to the last arm.
+        let mut total = 0.0f64;
+        let mut all_good = true;
         for (j, a) in arms.iter().enumerate() {
             let ap = format!("{p}[{j}]");
             if let Some(am) = self.object(&ap, a, &["model", "weight"]) {
@@ -361,14 +553,30 @@ impl Checker {
                     None => self.bad(&format!("{ap}.model"), "missing"),
                 }
                 match am.get("weight").map(Value::as_f64) {
-                    Some(Some(w)) if w > 0.0 && w.is_finite() => {}
+                    Some(Some(w)) if w > 0.0 && w.is_finite() => total += w,
                     Some(Some(w)) => {
+                        all_good = false;
                         self.bad(&format!("{ap}.weight"), format!("{w} must be positive"))
                     }
-                    Some(None) => self.bad(&format!("{ap}.weight"), "expected a number"),
-                    None => self.bad(&format!("{ap}.weight"), "missing"),
+                    Some(None) => {
+                        all_good = false;
+                        self.bad(&format!("{ap}.weight"), "expected a number")
+                    }
+                    None => {
+                        all_good = false;
+                        self.bad(&format!("{ap}.weight"), "missing")
+                    }
                 }
+            } else {
+                all_good = false;
             }
+        }
+        if all_good && !arms.is_empty() && !total.is_finite() {
+            self.bad(
+                p,
+                "the weights sum to more than the largest number (overflow): \
+                 use small relative weights such as 1 and 3",
+            );
         }
     }
 
@@ -613,6 +821,10 @@ impl Router {
                 Action::Model(index(m)?, label(""))
             } else if let Some(arms) = &r.split {
                 let total: f64 = arms.iter().map(|a| a.weight).sum();
+                // The checker refuses these; never route by a NaN share.
+                if !total.is_finite() || total <= 0.0 {
+                    return None;
+                }
                 let mut cum = 0.0;
                 let mut out = Vec::new();
                 for (j, a) in arms.iter().enumerate() {
@@ -755,10 +967,109 @@ mod tests {
         }
     }
 
+    fn problems(bytes: &str) -> Vec<ConfigProblem> {
+        match parse(bytes.as_bytes()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        }
+    }
+
     #[test]
-    fn bad_json_is_one_problem_at_the_root() {
-        assert_eq!(paths("{\"default\": "), vec!["$"]);
+    fn bad_json_is_one_problem_where_the_reader_stopped() {
+        let p = problems("{\"default\": ");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "$.default");
+        assert!(p[0].message.contains("unexpected end of file"), "{p:?}");
         assert_eq!(paths("[]"), vec!["$"]);
+        let p = problems(r#"{"default": "model_v1"} x"#);
+        assert!(p[0].message.contains("trailing characters"), "{p:?}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_their_path() {
+        let p = problems(
+            r#"{"default": "model_v1", "rules": [{"name": "a", "model": "model_v2",
+                "when": {"age": {"min": 1, "min": 90}}}], "default": "model_v9"}"#,
+        );
+        let at: Vec<&str> = p.iter().map(|x| x.path.as_str()).collect();
+        assert_eq!(at, vec!["$.rules[0].when.age.min", "$.default"], "{p:?}");
+        assert!(
+            p.iter().all(|x| x.message.contains("duplicate key")),
+            "{p:?}"
+        );
+        // A key that is not an identifier is quoted in the path.
+        let p = problems(r#"{"default": "model_v1", "a b": 1, "a b": 2}"#);
+        assert_eq!(p[0].path, "$[\"a b\"]", "{p:?}");
+    }
+
+    #[test]
+    fn deep_nesting_says_so() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let p = problems(&deep);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].message
+                .starts_with(&format!("nested deeper than {MAX_DEPTH} levels")),
+            "{p:?}"
+        );
+        assert!(p[0].path.starts_with("$[0][0]"), "{p:?}");
+        let objects = format!(
+            "{{\"default\": \"model_v1\", \"rules\": {}1{}}}",
+            "{\"a\": ".repeat(200),
+            "}".repeat(200)
+        );
+        let p = problems(&objects);
+        assert!(p[0].message.contains("nested deeper than"), "{p:?}");
+        assert!(p[0].path.starts_with("$.rules.a.a"), "{p:?}");
+        // The deepest a real config goes is well inside the limit.
+        assert!(
+            parse(br#"{"rules": [{"name": "r", "when": {"age": {"min": 1}}, "model": "m"}], "default": "m"}"#)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn numbers_out_of_range_say_so() {
+        let p =
+            problems(r#"{"rules": [{"name": "ab", "split": [{"model": "a", "weight": 1e999}]}]}"#);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "$.rules[0].split[0].weight");
+        assert!(p[0].message.contains("number out of range"), "{p:?}");
+        assert!(!p[0].message.contains("syntax error"), "{p:?}");
+    }
+
+    #[test]
+    fn weights_that_overflow_their_sum_are_refused() {
+        let p = problems(
+            r#"{"rules": [{"name": "ab", "split": [
+                {"model": "model_v1", "weight": 1e308}, {"model": "model_v2", "weight": 1e308}]}]}"#,
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "$.rules[0].split");
+        assert!(p[0].message.contains("overflow"), "{p:?}");
+        // Large but summable weights are fine and split as their ratio.
+        let c = parse(
+            br#"{"rules": [{"name": "ab", "split": [
+                {"model": "a", "weight": 1e307}, {"model": "b", "weight": 1e307}]}]}"#,
+        )
+        .expect("valid");
+        let r = Router::compile(&c, |m| Some(usize::from(m == "b"))).expect("compiles");
+        let to_a = (0..2000u64)
+            .filter(|u| r.route(*u, None).map(|x| x.0) == Some(0))
+            .count();
+        assert!((800..1200).contains(&to_a), "{to_a} of 2000 to a");
+    }
+
+    #[test]
+    fn hashed_strings_are_bounded() {
+        let salt = "s".repeat(MAX_HASHED_LEN + 1);
+        let p = problems(&format!(r#"{{"salt": "{salt}", "default": "model_v1"}}"#));
+        assert_eq!(p[0].path, "$.salt", "{p:?}");
+        let name = "n".repeat(MAX_HASHED_LEN + 1);
+        let p = problems(&format!(
+            r#"{{"default": "model_v1", "rules": [{{"name": "{name}", "model": "model_v1"}}]}}"#
+        ));
+        assert_eq!(p[0].path, "$.rules[0].name", "{p:?}");
     }
 
     #[test]

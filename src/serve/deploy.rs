@@ -17,6 +17,9 @@ use crate::workspace::{Workspace, WorkspaceError};
 /// Most ids in one answer.
 pub const TOP_N: usize = 20;
 
+/// Largest config.json read by default (`recsys serve --max-config-bytes`).
+pub const DEFAULT_MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error("read {path}: {source}")]
@@ -25,6 +28,12 @@ pub enum DeployError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is {kind}, not a regular file: refused (a config must be a file)")]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "{path} is larger than {max} bytes (at least {size}): refused (raise --max-config-bytes if it is meant to be)"
+    )]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
     #[error("{path}: {errors}")]
     Config { path: PathBuf, errors: ConfigErrors },
     #[error("{path}: model {name} is not registered (no such version in lineage.db)")]
@@ -60,6 +69,96 @@ pub enum DeployError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Lineage(#[from] crate::lineage::LineageError),
+}
+
+impl DeployError {
+    /// A short, fixed name of the kind of error, for `/metrics`
+    /// (`metrics::RELOAD_ERROR_KINDS`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeployError::ReadConfig { .. } => "read",
+            DeployError::NotAFile { .. } => "not_a_file",
+            DeployError::TooLarge { .. } => "too_large",
+            DeployError::Config { .. } => "invalid_config",
+            DeployError::UnknownModel { .. } | DeployError::NotAModel { .. } => "unknown_model",
+            DeployError::ModelMissing { .. } => "model_missing",
+            DeployError::DigestMismatch { .. }
+            | DeployError::BadModel { .. }
+            | DeployError::ReadModel { .. } => "bad_model",
+            DeployError::Lineage(_) => "lineage",
+            DeployError::Store(_) => "store",
+            DeployError::Workspace(_) => "workspace",
+        }
+    }
+}
+
+/// What a file type is called in an error.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Read a config file without ever blocking or reading without bound:
+/// only a regular file (checked through symlinks before opening, opened
+/// non-blocking so a FIFO swapped in between cannot hang the open, and
+/// checked again on the open descriptor), of at most `max` bytes (a file
+/// growing while read is cut at `max + 1` and refused).
+pub fn read_config(path: &Path, max: u64) -> Result<Vec<u8>, DeployError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_err = |source| DeployError::ReadConfig {
+        path: path.into(),
+        source,
+    };
+    let check = |m: &std::fs::Metadata| -> Result<(), DeployError> {
+        if !m.file_type().is_file() {
+            return Err(DeployError::NotAFile {
+                path: path.into(),
+                kind: file_kind(m.file_type()),
+            });
+        }
+        if m.len() > max {
+            return Err(DeployError::TooLarge {
+                path: path.into(),
+                size: m.len(),
+                max,
+            });
+        }
+        Ok(())
+    };
+    check(&std::fs::metadata(path).map_err(read_err)?)?;
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    check(&meta)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > max {
+        return Err(DeployError::TooLarge {
+            path: path.into(),
+            size: bytes.len() as u64,
+            max,
+        });
+    }
+    Ok(bytes)
 }
 
 /// One loaded, verified model version and where it came from.
@@ -136,16 +235,17 @@ impl Deployment {
 /// read the users tables of their training datasets, and store the config
 /// as an object. Models in `reuse` (already verified, files unchanged since)
 /// are taken as they are when name and registered digest still match.
+/// The config is read by [`read_config`] (a regular file of at most
+/// `max_config_bytes`).
 pub fn load(
     ws: &Workspace,
     config_path: &Path,
+    max_config_bytes: u64,
     reuse: &[Arc<Served>],
     metrics: &Metrics,
 ) -> Result<Deployment, DeployError> {
-    let bytes = std::fs::read(config_path).map_err(|source| DeployError::ReadConfig {
-        path: config_path.into(),
-        source,
-    })?;
+    metrics.config_reads.inc();
+    let bytes = read_config(config_path, max_config_bytes)?;
     let cfg = config::parse(&bytes).map_err(|errors| DeployError::Config {
         path: config_path.into(),
         errors,
@@ -349,18 +449,25 @@ pub fn model_fingerprint(ws: &Workspace, names: &[String]) -> Vec<(String, Strin
     out
 }
 
-/// Size, mtime and inode of a path, or "missing".
+/// What identifies a file's content without reading it: type, permission
+/// bits, device, inode, size, mtime and ctime (a `chmod` changes ctime),
+/// through symlinks; or the error that hides them. `stat` never blocks on
+/// a FIFO or a device.
 pub fn stamp(p: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(p) {
         Ok(m) => format!(
-            "{}:{}:{}.{}:{}",
+            "{}:{:o}:{}:{}:{}:{}.{}:{}.{}",
             p.display(),
+            m.mode(),
+            m.dev(),
+            m.ino(),
             m.len(),
             m.mtime(),
             m.mtime_nsec(),
-            m.ino()
+            m.ctime(),
+            m.ctime_nsec()
         ),
-        Err(_) => format!("{}:missing", p.display()),
+        Err(e) => format!("{}:error {:?}", p.display(), e.kind()),
     }
 }

@@ -3,6 +3,8 @@
 //! Per-model counters are looked up once when a model is loaded and kept
 //! with it ([`ModelCounters`]), so the request path only bumps atomics.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,6 +29,16 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -38,8 +50,60 @@ pub struct Metrics {
     pub log_kafka_delivered: Counter,
     pub log_kafka_failed: Counter,
     reloads: Family<ResultLabels, Counter>,
+    reload_ok: Gauge,
+    reload_error: Family<KindLabels, Gauge>,
+    last_reload: Gauge<f64, AtomicU64>,
+    last_good_reload: Gauge<f64, AtomicU64>,
     pub models_loaded: Gauge,
+    pub config_reads: Counter,
+    pub connections_open: Gauge,
+    pub connections_accepted: Counter,
+    rejected_connections: Family<ReasonLabels, Counter>,
+    closed_connections: Family<ReasonLabels, Counter>,
+    accept_errors: Family<KindLabels, Counter>,
 }
+
+/// Why the server closed or refused a connection itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The request head did not arrive within the header-read timeout.
+    HeaderTimeout,
+    /// A keep-alive connection sent nothing within the idle timeout.
+    IdleTimeout,
+    /// A request was not answered and written within the request timeout.
+    RequestTimeout,
+    /// Closed to make room: the connection cap or the file-descriptor
+    /// limit was reached and this one had no request in progress.
+    Evicted,
+    /// Still open when the shutdown grace period ended.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::RequestTimeout => "request_timeout",
+            CloseReason::Evicted => "evicted",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The kinds a failed config load is reported as (`DeployError::kind`).
+pub const RELOAD_ERROR_KINDS: &[&str] = &[
+    "read",
+    "not_a_file",
+    "too_large",
+    "invalid_config",
+    "unknown_model",
+    "model_missing",
+    "bad_model",
+    "lineage",
+    "store",
+    "workspace",
+];
 
 /// The counters a loaded model bumps on every answer.
 #[derive(Clone, Debug)]
@@ -68,7 +132,17 @@ impl Metrics {
         let log_kafka_delivered = Counter::default();
         let log_kafka_failed = Counter::default();
         let reloads = Family::<ResultLabels, Counter>::default();
+        let reload_ok = Gauge::default();
+        let reload_error = Family::<KindLabels, Gauge>::default();
+        let last_reload = Gauge::<f64, AtomicU64>::default();
+        let last_good_reload = Gauge::<f64, AtomicU64>::default();
         let models_loaded = Gauge::default();
+        let config_reads = Counter::default();
+        let connections_open = Gauge::default();
+        let connections_accepted = Counter::default();
+        let rejected_connections = Family::<ReasonLabels, Counter>::default();
+        let closed_connections = Family::<ReasonLabels, Counter>::default();
+        let accept_errors = Family::<KindLabels, Counter>::default();
         registry.register(
             "requests",
             "Answered /recommend requests by HTTP status and model version",
@@ -115,9 +189,59 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "config_reload_ok",
+            "1 when the last load of config.json succeeded, 0 while it fails (the last good config is still served)",
+            reload_ok.clone(),
+        );
+        registry.register(
+            "config_reload_error",
+            "1 for the kind of error the last load of config.json failed with, 0 for earlier kinds",
+            reload_error.clone(),
+        );
+        registry.register(
+            "config_last_reload_timestamp_seconds",
+            "Unix time of the last attempt to load config.json, successful or not",
+            last_reload.clone(),
+        );
+        registry.register(
+            "config_last_good_reload_timestamp_seconds",
+            "Unix time config.json was last loaded successfully",
+            last_good_reload.clone(),
+        );
+        registry.register(
             "models_loaded",
             "Model versions in the serving config",
             models_loaded.clone(),
+        );
+        registry.register(
+            "config_reads",
+            "Times config.json was read (at start, when its stamp changed, and each poll while loading it fails)",
+            config_reads.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "HTTP connections open now",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "HTTP connections accepted",
+            connections_accepted.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Connections answered 503 and closed at once because the connection cap was reached and none could be evicted",
+            rejected_connections.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the server closed itself, by reason (header_timeout, idle_timeout, request_timeout, evicted, shutdown)",
+            closed_connections.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Errors accepting a connection, by kind (fd_exhausted: EMFILE/ENFILE, no_memory, other); the server backs off and keeps accepting",
+            accept_errors.clone(),
         );
         Metrics {
             registry,
@@ -130,7 +254,17 @@ impl Metrics {
             log_kafka_delivered,
             log_kafka_failed,
             reloads,
+            reload_ok,
+            reload_error,
+            last_reload,
+            last_good_reload,
             models_loaded,
+            config_reads,
+            connections_open,
+            connections_accepted,
+            rejected_connections,
+            closed_connections,
+            accept_errors,
         }
     }
 
@@ -161,11 +295,64 @@ impl Metrics {
             .inc();
     }
 
-    pub fn reload(&self, ok: bool) {
-        self.reloads
-            .get_or_create(&ResultLabels {
-                result: if ok { "success" } else { "failure" }.into(),
+    /// Record a load of config.json: `Err(kind)` names the error's kind.
+    /// `count` is false for the load at start, which is not a reload.
+    pub fn reload(&self, outcome: Result<(), &str>, at_unix: f64, count: bool) {
+        if count {
+            self.reloads
+                .get_or_create(&ResultLabels {
+                    result: if outcome.is_ok() {
+                        "success"
+                    } else {
+                        "failure"
+                    }
+                    .into(),
+                })
+                .inc();
+        }
+        self.last_reload.set(at_unix);
+        // Only the current error's kind reads 1.
+        let current = outcome.err();
+        for kind in RELOAD_ERROR_KINDS {
+            let labels = KindLabels {
+                kind: (*kind).into(),
+            };
+            if Some(*kind) == current {
+                self.reload_error.get_or_create(&labels).set(1);
+            } else if let Some(g) = self.reload_error.get(&labels) {
+                g.set(0);
+            }
+        }
+        match outcome {
+            Ok(()) => {
+                self.reload_ok.set(1);
+                self.last_good_reload.set(at_unix);
+            }
+            Err(_) => {
+                self.reload_ok.set(0);
+            }
+        }
+    }
+
+    pub fn connection_closed(&self, reason: CloseReason) {
+        self.closed_connections
+            .get_or_create(&ReasonLabels {
+                reason: reason.label().into(),
             })
+            .inc();
+    }
+
+    pub fn connection_rejected(&self) {
+        self.rejected_connections
+            .get_or_create(&ReasonLabels {
+                reason: "over_limit".into(),
+            })
+            .inc();
+    }
+
+    pub fn accept_error(&self, kind: &str) {
+        self.accept_errors
+            .get_or_create(&KindLabels { kind: kind.into() })
             .inc();
     }
 

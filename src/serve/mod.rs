@@ -4,9 +4,9 @@
 //! The core of it is synchronous: loading a deployment ([`deploy`]), the
 //! request-log writer ([`log`]) and the config watcher run on their own
 //! threads with their own SQLite connections. Only the HTTP edge
-//! ([`app`]) is async, and a handler never touches SQLite, git or the
-//! filesystem: it reads the current deployment, computes, and queues a log
-//! event without waiting.
+//! ([`listener`], [`app`]) is async, and a handler never touches SQLite,
+//! git or the filesystem: it reads the current deployment, computes, and
+//! queues a log event without waiting.
 //!
 //! This module does not read the environment or print; it reports through
 //! `tracing` and `/metrics`, and the CLI decides where those go.
@@ -15,6 +15,7 @@ pub mod app;
 pub mod config;
 pub mod deploy;
 pub mod kafka;
+pub mod listener;
 pub mod log;
 pub mod metrics;
 mod users;
@@ -24,14 +25,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use app::{AppState, app};
+pub use app::{AppState, ReloadStatus, app};
 pub use config::{ConfigProblem, RouterConfig, parse as parse_config};
-pub use deploy::{DeployError, Deployment};
+pub use deploy::{DEFAULT_MAX_CONFIG_BYTES, DeployError, Deployment};
 pub use kafka::KafkaLogOptions;
+pub use listener::Limits;
 pub use log::{LogOptions, RequestLog};
 pub use metrics::Metrics;
 
@@ -67,7 +69,15 @@ pub struct ServeOptions {
     pub poll: Duration,
     /// `None` turns request logging off.
     pub log: Option<LogOptions>,
+    /// Largest config file read (a larger one is refused, not read).
+    pub max_config_bytes: u64,
+    /// Connection limits and timeouts of the HTTP edge.
+    pub limits: Limits,
 }
+
+/// How long stopping waits for the config watcher (which may be in the
+/// middle of loading models) before leaving it behind.
+const WATCHER_STOP_WAIT: Duration = Duration::from_secs(2);
 
 impl ServeOptions {
     /// Defaults for a project at `root`: `config.json`, poll every second,
@@ -84,6 +94,8 @@ impl ServeOptions {
             root,
             poll: Duration::from_secs(1),
             log: Some(log),
+            max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
+            limits: Limits::default(),
         }
     }
 }
@@ -91,8 +103,11 @@ impl ServeOptions {
 /// A started server: deployment loaded, log writer and watcher running.
 pub struct Server {
     state: Arc<AppState>,
+    limits: Limits,
     stop: Sender<()>,
     watcher: Option<JoinHandle<()>>,
+    /// Disconnects when the watcher thread ends.
+    watcher_done: Receiver<()>,
 }
 
 impl Server {
@@ -111,9 +126,11 @@ impl Server {
         // raced with a config edited right after start).
         let config_stamp = deploy::stamp(&config);
         let dep =
-            deploy::load(&ws, &config, &[], &metrics).map_err(|source| ServeError::Deploy {
-                config: config.clone(),
-                source: Box::new(source),
+            deploy::load(&ws, &config, opts.max_config_bytes, &[], &metrics).map_err(|source| {
+                ServeError::Deploy {
+                    config: config.clone(),
+                    source: Box::new(source),
+                }
             })?;
         for n in &dep.notes {
             tracing::warn!("{n}");
@@ -153,17 +170,29 @@ impl Server {
                 .collect(),
         };
         let state = Arc::new(AppState::new(Some(dep), metrics, log));
+        state.watching(&config);
         let (stop, stop_rx) = channel();
-        let w_state = state.clone();
-        let poll = opts.poll;
+        let (done_tx, watcher_done) = channel::<()>();
+        let w = Watcher {
+            ws,
+            config,
+            poll: opts.poll,
+            max_bytes: opts.max_config_bytes,
+            state: state.clone(),
+        };
         let watcher = std::thread::Builder::new()
             .name("recsys-config-watcher".into())
-            .spawn(move || watch(ws, config, poll, initial, w_state, stop_rx))
+            .spawn(move || {
+                let _done = done_tx;
+                w.run(initial, stop_rx)
+            })
             .map_err(ServeError::Thread)?;
         Ok(Server {
             state,
+            limits: opts.limits,
             stop,
             watcher: Some(watcher),
+            watcher_done,
         })
     }
 
@@ -171,26 +200,45 @@ impl Server {
         self.state.clone()
     }
 
-    /// Serve until `shutdown` resolves, finish requests in flight, then stop
-    /// the watcher and flush and close the request log.
+    /// Serve until `shutdown` resolves (with the limits of
+    /// [`ServeOptions::limits`]), finish requests in flight within the
+    /// grace period, then stop the watcher and flush and close the request
+    /// log.
     pub async fn run(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let res = axum::serve(listener, app(self.state.clone()))
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let res = listener::serve(
+            listener,
+            app(self.state.clone()),
+            self.limits.clone(),
+            self.state.metrics.clone(),
+            shutdown,
+        )
+        .await;
         // Joining threads and fsyncing block: not on a runtime worker.
         let _ = tokio::task::spawn_blocking(move || self.stop()).await;
         res
     }
 
-    /// Stop the watcher and close the request log (blocking).
+    /// Stop the watcher and close the request log (blocking). A watcher
+    /// that does not stop within 2 s (stuck in a load) is left behind: it
+    /// holds nothing the log needs, and shutdown must finish.
     pub fn stop(mut self) {
         let _ = self.stop.send(());
-        if let Some(w) = self.watcher.take() {
-            let _ = w.join();
+        match self.watcher_done.recv_timeout(WATCHER_STOP_WAIT) {
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    "the config watcher did not stop within {WATCHER_STOP_WAIT:?}: left behind"
+                );
+                self.watcher.take();
+            }
+            _ => {
+                if let Some(w) = self.watcher.take() {
+                    let _ = w.join();
+                }
+            }
         }
         if let Some(log) = &self.state.log {
             log.close();
@@ -225,81 +273,92 @@ impl Fingerprint {
     }
 }
 
-/// Poll for changes; load and verify off the request path; swap on success,
-/// keep the last good deployment (logged, counted) on failure.
-///
-/// Watched: the config file and every model named by the serving config or
-/// by the config file as it is now (so registering a model the new config
-/// was missing triggers another attempt). The fingerprint is taken before
-/// loading: a change made during a load is seen at the next poll.
-fn watch(
+/// The config watcher: polls for changes, loads and verifies off the
+/// request path, swaps on success, keeps the last good deployment (logged,
+/// counted, shown by `/health`) on failure.
+struct Watcher {
     ws: Workspace,
     config: PathBuf,
     poll: Duration,
-    mut last: Fingerprint,
+    max_bytes: u64,
     state: Arc<AppState>,
-    stop: std::sync::mpsc::Receiver<()>,
-) {
-    let serving = |state: &AppState| -> Vec<String> {
-        state
-            .deployment
-            .load_full()
-            .map(|d| d.model_names())
-            .unwrap_or_default()
-    };
-    loop {
-        match stop.recv_timeout(poll) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
-        let mut names = serving(&state);
-        if let Ok(bytes) = std::fs::read(&config)
-            && let Ok(cfg) = config::parse(&bytes)
-        {
-            for m in cfg.models() {
-                if !names.contains(&m) {
-                    names.push(m);
+}
+
+impl Watcher {
+    /// Each poll stats the config file and the serving models' files and
+    /// reads nothing unless a stamp changed or the last load failed: a
+    /// failed load (unreadable file, a FIFO, a model not yet registered,
+    /// the file-descriptor limit) is retried every poll, so fixing the
+    /// cause is enough, whether or not it changes the file's stamp. The
+    /// stamps are taken before loading: a change made during a load is
+    /// seen at the next poll.
+    fn run(self, mut last: Fingerprint, stop: Receiver<()>) {
+        let mut failing: Option<String> = None;
+        loop {
+            match stop.recv_timeout(self.poll) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let serving: Vec<String> = self
+                .state
+                .deployment
+                .load_full()
+                .map(|d| d.model_names())
+                .unwrap_or_default();
+            let now = Fingerprint::of(&self.ws, &self.config, &serving);
+            if failing.is_none() && !now.changed_since(&last) {
+                continue;
+            }
+            let current = self.state.deployment.load_full();
+            // Models whose registration and file are unchanged are reused.
+            let reuse: Vec<Arc<deploy::Served>> = current
+                .as_ref()
+                .map(|d| {
+                    d.models
+                        .iter()
+                        .filter(|m| {
+                            now.models.contains_key(&m.name)
+                                && now.models.get(&m.name) == last.models.get(&m.name)
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            match deploy::load(
+                &self.ws,
+                &self.config,
+                self.max_bytes,
+                &reuse,
+                &self.state.metrics,
+            ) {
+                Ok(d) => {
+                    for n in &d.notes {
+                        tracing::warn!("{n}");
+                    }
+                    tracing::info!(
+                        "reloaded {} ({}): {}",
+                        self.config.display(),
+                        d.config_digest.short(),
+                        d.model_names().join(", ")
+                    );
+                    self.state.record_reload(Ok(()));
+                    self.state.swap(d);
+                    failing = None;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    // Retried every poll: say it once, and again when it changes.
+                    if failing.as_deref() != Some(msg.as_str()) {
+                        tracing::error!(
+                            "reload failed, still serving the last good config (retrying every {:?}): {msg}",
+                            self.poll
+                        );
+                    }
+                    self.state.record_reload(Err(&e));
+                    failing = Some(msg);
                 }
             }
+            last = now;
         }
-        let now = Fingerprint::of(&ws, &config, &names);
-        if !now.changed_since(&last) {
-            continue;
-        }
-        let current = state.deployment.load_full();
-        // Models whose registration and file are unchanged are reused.
-        let reuse: Vec<Arc<deploy::Served>> = current
-            .as_ref()
-            .map(|d| {
-                d.models
-                    .iter()
-                    .filter(|m| {
-                        now.models.contains_key(&m.name)
-                            && now.models.get(&m.name) == last.models.get(&m.name)
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        match deploy::load(&ws, &config, &reuse, &state.metrics) {
-            Ok(d) => {
-                for n in &d.notes {
-                    tracing::warn!("{n}");
-                }
-                tracing::info!(
-                    "reloaded {} ({}): {}",
-                    config.display(),
-                    d.config_digest.short(),
-                    d.model_names().join(", ")
-                );
-                state.metrics.reload(true);
-                state.swap(d);
-            }
-            Err(e) => {
-                state.metrics.reload(false);
-                tracing::error!("reload failed, still serving the last good config: {e}");
-            }
-        }
-        last = now;
     }
 }

@@ -9,4 +9,5 @@ mod ingest;
 mod movielens;
 mod pipeline;
 mod serve;
+mod serve_limits;
 mod store;

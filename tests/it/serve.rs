@@ -36,12 +36,12 @@ fn item_name(i: u32) -> String {
 
 /// A project with `dataset_1` (users.csv with attributes), `model_v1` and
 /// `model_v2` trained on it, and a config splitting users 1:1.
-struct Project {
-    env: Env,
+pub(crate) struct Project {
+    pub(crate) env: Env,
 }
 
 impl Project {
-    fn new() -> Project {
+    pub(crate) fn new() -> Project {
         let env = Env::new();
         let mut users = String::from("user,age,gender,occupation\n");
         let mut events = String::from("time_ms,user,movie,kind,value\n");
@@ -74,16 +74,16 @@ impl Project {
         p
     }
 
-    fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.env.root
     }
 
-    fn ws(&self) -> Workspace {
+    pub(crate) fn ws(&self) -> Workspace {
         Workspace::discover(self.root(), Settings::default()).expect("open workspace")
     }
 
     /// Train and register a model version as `recsys train` does.
-    fn train(&self, name: &str, factors: u32, seed: u64) {
+    pub(crate) fn train(&self, name: &str, factors: u32, seed: u64) {
         let ws = self.ws();
         let ds = ws.find_artifact("dataset_1").expect("dataset_1");
         let data: Vec<Interaction> = interactions()
@@ -132,20 +132,20 @@ impl Project {
         .expect("record train run");
     }
 
-    fn write_config(&self, text: &str) {
+    pub(crate) fn write_config(&self, text: &str) {
         // A new inode and mtime every time, as an editor's save would give.
         let tmp = self.root().join("config.json.tmp");
         std::fs::write(&tmp, text).expect("write config");
         std::fs::rename(&tmp, self.root().join("config.json")).expect("rename config");
     }
 
-    fn options(&self) -> ServeOptions {
+    pub(crate) fn options(&self) -> ServeOptions {
         let mut o = ServeOptions::new(self.root().to_path_buf(), "test-host".into());
         o.poll = Duration::from_millis(100);
         o
     }
 
-    fn start(&self) -> Server {
+    pub(crate) fn start(&self) -> Server {
         Server::start(self.options(), Settings::default()).expect("server starts")
     }
 
@@ -182,11 +182,11 @@ fn interactions() -> Vec<(u32, u32)> {
     out
 }
 
-const SPLIT_CONFIG: &str = r#"{"salt": "test", "rules": [{"name": "ab", "split": [
+pub(crate) const SPLIT_CONFIG: &str = r#"{"salt": "test", "rules": [{"name": "ab", "split": [
     {"model": "model_v1", "weight": 1}, {"model": "model_v2", "weight": 1}]}]}"#;
-const ONLY_V2: &str = r#"{"default": "model_v2"}"#;
+pub(crate) const ONLY_V2: &str = r#"{"default": "model_v2"}"#;
 
-async fn get(
+pub(crate) async fn get(
     state: &Arc<AppState>,
     path: &str,
     id: Option<&str>,
@@ -209,14 +209,14 @@ async fn get(
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
@@ -373,21 +373,26 @@ async fn broken_config_missing_model_and_digest_mismatch_keep_the_last_good() {
     let good = st.deployment.load_full().expect("loaded").config_digest;
 
     type Breaker = Box<dyn Fn(&Project)>;
-    let cases: [(&str, Breaker); 4] = [
+    // (what, a phrase of the error /health must show, how to break it)
+    let cases: [(&str, &str, Breaker); 4] = [
         (
             "invalid JSON",
+            "not valid JSON",
             Box::new(|p| p.write_config("{\"default\": ")),
         ),
         (
             "unknown field",
+            "$.colour: unknown field",
             Box::new(|p| p.write_config(r#"{"default": "model_v1", "colour": "red"}"#)),
         ),
         (
             "missing model",
+            "model model_v9 is not registered",
             Box::new(|p| p.write_config(r#"{"default": "model_v9"}"#)),
         ),
         (
             "digest mismatch",
+            "but model_v2 is registered as",
             Box::new(|p| {
                 p.write_config(SPLIT_CONFIG);
                 let v1 = p.env.read("models/model_v1.bin");
@@ -395,19 +400,30 @@ async fn broken_config_missing_model_and_digest_mismatch_keep_the_last_good() {
             }),
         ),
     ];
-    for (n, (what, break_it)) in cases.iter().enumerate() {
+    for (n, (what, phrase, break_it)) in cases.iter().enumerate() {
         break_it(&p);
         let st2 = st.clone();
         let want = (n + 1) as f64;
         let label = format!("a failed reload after: {what}");
-        // The server polls every second; 10 s leaves room for a loaded CI.
+        let owned = phrase.to_string();
+        // The server polls every 100 ms; 10 s leaves room for a loaded CI.
         tokio::task::spawn_blocking(move || {
             wait_for(&label, Duration::from_secs(10), || {
                 failures(&st2.metrics.encode()) >= want
+                    && st2
+                        .reload
+                        .load()
+                        .error
+                        .as_deref()
+                        .is_some_and(|e| e.contains(&owned))
             })
         })
         .await
         .expect("wait");
+        let (_, _, health) = get(&st, "/health", None).await;
+        assert!(health.starts_with("stale"), "{what}: {health}");
+        assert!(health.contains("last_reload: failed\n"), "{what}: {health}");
+        assert!(health.contains(*phrase), "{what}: {health}");
         let (status, _, body) = get(&st, "/recommend/5", None).await;
         assert_eq!(status, StatusCode::OK, "{what}: {body}");
         let d = st.deployment.load_full().expect("still loaded");
@@ -433,7 +449,12 @@ async fn broken_config_missing_model_and_digest_mismatch_keep_the_last_good() {
     .await
     .expect("wait");
     let (_, _, m) = get(&st, "/metrics", None).await;
-    assert_eq!(failures(&m), 4.0, "{m}");
+    // A failed load is retried every poll until it succeeds.
+    assert!(failures(&m) >= 4.0, "{m}");
+    assert_eq!(metric(&m, "recsys_config_reload_ok", &[]), 1.0, "{m}");
+    let (_, _, health) = get(&st, "/health", None).await;
+    assert!(health.starts_with("ok: "), "{health}");
+    assert!(health.contains("last_reload: ok\n"), "{health}");
     assert!(metric(&m, "recsys_config_reloads_total", &["result=\"success\""]) >= 1.0);
     // The config that now serves traffic is a store object.
     let d = st.deployment.load_full().expect("loaded");
@@ -484,12 +505,12 @@ async fn a_full_log_queue_drops_counted_and_never_blocks_an_answer() {
 }
 
 /// A minimal HTTP/1.1 keep-alive client, so timings include nothing else.
-struct Client {
-    r: BufReader<TcpStream>,
+pub(crate) struct Client {
+    pub(crate) r: BufReader<TcpStream>,
 }
 
 impl Client {
-    fn connect(port: u16) -> Client {
+    pub(crate) fn connect(port: u16) -> Client {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.set_nodelay(true).expect("nodelay");
         s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -499,7 +520,10 @@ impl Client {
         }
     }
 
-    fn get(&mut self, path: &str) -> std::io::Result<(u16, HashMap<String, String>, String)> {
+    pub(crate) fn get(
+        &mut self,
+        path: &str,
+    ) -> std::io::Result<(u16, HashMap<String, String>, String)> {
         write!(
             self.r.get_mut(),
             "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -611,18 +635,18 @@ fn reload_under_load_fails_and_slows_no_request() {
 }
 
 /// `recsys serve --port 0` as a child process, with the URL it printed.
-struct Running {
-    child: Child,
-    port: u16,
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
     /// Kept open: the server prints again when it stops.
-    _out: BufReader<std::process::ChildStdout>,
+    pub(crate) _out: BufReader<std::process::ChildStdout>,
 }
 
-fn spawn_server(p: &Project, extra: &[&str]) -> Running {
+pub(crate) fn spawn_server(p: &Project, extra: &[&str]) -> Running {
     spawn_server_with(p, extra, Stdio::null())
 }
 
-fn spawn_server_with(p: &Project, extra: &[&str], stderr: Stdio) -> Running {
+pub(crate) fn spawn_server_with(p: &Project, extra: &[&str], stderr: Stdio) -> Running {
     let mut args = vec!["serve", "--port", "0", "--poll-ms", "200"];
     args.extend_from_slice(extra);
     let mut child = p
@@ -649,7 +673,7 @@ fn spawn_server_with(p: &Project, extra: &[&str], stderr: Stdio) -> Running {
     }
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let st = std::process::Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
