@@ -20,8 +20,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
-use super::warn::WarnGate;
 use super::metrics::Metrics;
+use super::warn::WarnGate;
 
 /// Where to copy the request log.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -248,3 +248,28 @@ fn concurrent_trains_both_get_a_version() {
     }
     env.ok(&["audit"]);
 }
+
+/// Log lines on stderr carry no colour codes when stderr is a file (and
+/// the server's own lines are there: the file is not just empty).
+#[test]
+fn log_lines_in_a_file_have_no_colour_codes() {
+    use crate::serve::{Project, signal, spawn_server_with};
+    let p = Project::new();
+    let log = p.env.tmp.path().join("serve.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut s = spawn_server_with(&p, &[], Stdio::from(file));
+    signal(&s.child, "-TERM");
+    let status = s.child.wait().expect("wait");
+    assert!(status.success());
+    let text = std::fs::read(&log).expect("read log");
+    assert!(
+        String::from_utf8_lossy(&text).contains("serving config"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    assert!(
+        !text.contains(&0x1b),
+        "escape codes in {}",
+        String::from_utf8_lossy(&text)
+    );
+}
