@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod dataset;
+pub mod failpoint;
 pub mod ingest;
 pub mod lineage;
 pub mod model;

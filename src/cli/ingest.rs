@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::Ctx;
 use crate::ingest::{
-    self, IngestError, IngestOptions, IngestReport, QualityReport, Stage, Stop, UserSource,
+    self, IngestError, IngestOptions, IngestReport, QualityReport, Stop, UserSource,
 };
 
 /// Consume the event stream from Kafka into the next dataset version.
@@ -78,15 +78,6 @@ fn parse_minutes(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Crash simulation for tests:
-/// `RECSYS_CRASH_AT=after-consume|after-write|after-record`
-/// aborts the process at that point, as a kill -9 would.
-fn crash_hook(stage: Stage) {
-    if std::env::var("RECSYS_CRASH_AT").as_deref() == Ok(stage.as_str()) {
-        std::process::abort();
-    }
-}
-
 impl Source {
     pub fn options(&self) -> IngestOptions {
         let a = self;
@@ -105,9 +96,6 @@ impl Source {
             (None, Some(u)) => UserSource::Api(u.clone()),
             (None, None) => UserSource::None,
         };
-        if std::env::var_os("RECSYS_CRASH_AT").is_some() {
-            opts.stage_hook = Some(crash_hook);
-        }
         opts
     }
 }

@@ -248,6 +248,12 @@ pub fn main() -> ExitCode {
             }
         }
     }
+    // Test builds only (feature `failpoints`): die at a named crash point.
+    if crate::failpoint::ENABLED
+        && let Ok(v) = std::env::var("RECSYS_CRASH_AT")
+    {
+        crate::failpoint::arm(&v);
+    }
     if let Ok(v) = std::env::var("RECSYS_JOBS")
         && let Ok(j) = v.parse::<usize>()
     {

@@ -115,28 +115,6 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> In
     }
 }
 
-/// Points in a run where a test can simulate a crash (see
-/// [`IngestOptions::stage_hook`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Messages consumed; nothing written or committed.
-    Consumed,
-    /// `data/<dataset_N>/` written, not yet registered.
-    Written,
-    /// Dataset durable and registered; offsets not yet committed.
-    Recorded,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Consumed => "after-consume",
-            Stage::Written => "after-write",
-            Stage::Recorded => "after-record",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
     /// `bootstrap.servers`.
@@ -147,8 +125,6 @@ pub struct IngestOptions {
     pub users: UserSource,
     pub allow_drift: bool,
     pub thresholds: Thresholds,
-    /// Called at each [`Stage`]; crash tests abort the process here.
-    pub stage_hook: Option<fn(Stage)>,
 }
 
 impl IngestOptions {
@@ -161,7 +137,6 @@ impl IngestOptions {
             users: UserSource::None,
             allow_drift: false,
             thresholds: Thresholds::default(),
-            stage_hook: None,
         }
     }
 }
@@ -278,7 +253,7 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
     source.assign(&starts.iter().map(|(&p, &(o, _))| (p, o)).collect())?;
     let mut c = Collector::new();
     let outcome = source.consume(&opts.stop, &mut c);
-    hook(opts, Stage::Consumed);
+    crate::failpoint::hit("ingest:after-consume");
     if c.messages == 0 {
         return Err(IngestError::NoMessages {
             topic: opts.topic.clone(),
@@ -439,7 +414,7 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
     let qpath = staging.join(QUARANTINE_FILE);
     write_synced(&qpath, &c.quarantine_jsonl())?;
     std::fs::rename(&staging, &final_dir).map_err(io("rename into place", &final_dir))?;
-    hook(opts, Stage::Written);
+    crate::failpoint::hit("ingest:after-write");
 
     let counts = EventCounts {
         watch: c.watch,
@@ -486,7 +461,7 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
         }],
         progress,
     )?;
-    hook(opts, Stage::Recorded);
+    crate::failpoint::hit("ingest:after-record");
     let added = added
         .into_iter()
         .next()
@@ -527,12 +502,6 @@ fn is_ingest_leftover(dir: &Path) -> bool {
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .is_some_and(|v| v["source"]["kafka"]["topic"].is_string());
     source_is_kafka && dir.join(QUARANTINE_FILE).is_file()
-}
-
-fn hook(opts: &IngestOptions, stage: Stage) {
-    if let Some(h) = opts.stage_hook {
-        h(stage);
-    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

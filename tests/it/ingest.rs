@@ -345,7 +345,7 @@ fn crash_and_rerun_loses_and_duplicates_nothing() {
     // 1. Crash after the dataset is recorded, before the commit.
     let out = env
         .cmd(&args("100"))
-        .env("RECSYS_CRASH_AT", "after-record")
+        .env("RECSYS_CRASH_AT", "ingest:after-record")
         .output()
         .expect("run");
     assert!(!out.status.success(), "the crash hook must abort");
@@ -358,7 +358,7 @@ fn crash_and_rerun_loses_and_duplicates_nothing() {
     // 2. Crash after consuming, before writing anything.
     let out = env
         .cmd(&args("100"))
-        .env("RECSYS_CRASH_AT", "after-consume")
+        .env("RECSYS_CRASH_AT", "ingest:after-consume")
         .output()
         .expect("run");
     assert!(!out.status.success());
@@ -368,7 +368,7 @@ fn crash_and_rerun_loses_and_duplicates_nothing() {
     //    leftover directory is recognised as ingest output and replaced.
     let out = env
         .cmd(&args("100"))
-        .env("RECSYS_CRASH_AT", "after-write")
+        .env("RECSYS_CRASH_AT", "ingest:after-write")
         .output()
         .expect("run");
     assert!(!out.status.success());
