@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod ingest;
 pub mod lineage;
 pub mod model;
+pub mod monitor;
 pub mod movielens;
 pub mod paths;
 pub mod pipeline;
