@@ -280,7 +280,8 @@ fn outcomes(outs: &[Output]) -> BTreeMap<u128, (bool, bool, bool)> {
 }
 
 /// Inputs in event-time order, then shuffled by bounded arrival jitter
-/// (some beyond the allowed lateness), then a final tick far in the future.
+/// (some beyond the allowed lateness) and a skew between the two sources,
+/// then a final tick far in the future.
 fn stream_strategy() -> impl Strategy<Value = Vec<In>> {
     let event = (0u8..10, 0i64..400, 0u64..4, 0usize..12, 0u8..3, any::<u64>());
     (prop::collection::vec(event, 1..160), 0u64..1000).prop_map(|(raw, seed)| {
@@ -299,10 +300,16 @@ fn stream_strategy() -> impl Strategy<Value = Vec<In>> {
             } else {
                 In::Rec(t, user, 200, vec![format!("m{movie}")])
             };
-            // Arrival: up to 8 minutes early or late.
+            // Arrival: up to 8 minutes early or late, and the request log
+            // running ahead of the stream, in step, or behind it.
             let jitter = ((salt ^ seed).wrapping_mul(2_654_435_761) % (16 * 60_000)) as i64
                 - 8 * 60_000;
-            v.push((t + jitter, input));
+            let skew = match (&input, seed % 3) {
+                (In::Answer(_), 0) => -40 * MIN,
+                (In::Answer(_), 1) => 20 * MIN,
+                _ => 0,
+            };
+            v.push((t + jitter + skew, input));
         }
         v.sort_by_key(|(arrive, _)| *arrive);
         let mut out: Vec<In> = v.into_iter().map(|(_, i)| i).collect();
