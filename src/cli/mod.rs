@@ -17,6 +17,7 @@ mod ingest;
 mod init;
 mod lineage;
 mod ls;
+mod monitor;
 mod pipeline;
 mod remote;
 mod replay;
@@ -80,6 +81,7 @@ enum Command {
     Pipeline(pipeline::Args),
     Serve(serve::Args),
     Config(config::Args),
+    Monitor(monitor::Args),
 }
 
 /// What every subcommand gets.
@@ -245,6 +247,7 @@ pub fn main() -> ExitCode {
         Command::Pipeline(a) => pipeline::run(a, &ctx),
         Command::Serve(a) => serve::run(a, &ctx),
         Command::Config(a) => config::run(a, &ctx),
+        Command::Monitor(a) => monitor::run(a, &ctx),
     };
     match res {
         Ok(code) => code,

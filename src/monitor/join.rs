@@ -155,7 +155,8 @@ pub enum Output {
 }
 
 /// Running totals since the join started (or was restored).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub answers: u64,
     pub watches: u64,
@@ -504,7 +505,10 @@ impl Join {
             };
             let mut times = h.recent.iter().copied().chain(Some(h.below));
             let t0 = a.time_ms;
-            if times.clone().any(|t| t != i64::MIN && t < t0 && t >= t0 - l) {
+            if times
+                .clone()
+                .any(|t| t != i64::MIN && t < t0 && t >= t0 - l)
+            {
                 open.continued |= 1 << r;
             }
             if let Some(first) = times.by_ref().filter(|&t| t >= t0 && t < add(t0, w)).min() {
@@ -635,11 +639,15 @@ impl Join {
             }
         }
         let served = match best {
-            Some((_, s)) => self.slots.get_mut(s as usize).and_then(|a| a.as_mut()).map(|a| {
-                a.matched = true;
-                let (model, _, arm) = &self.labels[a.label as usize];
-                (model.clone(), arm.clone())
-            }),
+            Some((_, s)) => self
+                .slots
+                .get_mut(s as usize)
+                .and_then(|a| a.as_mut())
+                .map(|a| {
+                    a.matched = true;
+                    let (model, _, arm) = &self.labels[a.label as usize];
+                    (model.clone(), arm.clone())
+                }),
             None => None,
         };
         if served.is_some() {
@@ -671,8 +679,8 @@ impl Join {
             .converting()
             .min_by_key(|&(r, s)| (s, r))
             .map(|(r, s)| (a.time + i64::from(s) * 1000, r as u8));
-        let continued_20 = (0..a.n as usize)
-            .any(|r| a.continued & (1 << r) != 0 && a.first_s[r] != NONE_S);
+        let continued_20 =
+            (0..a.n as usize).any(|r| a.continued & (1 << r) != 0 && a.first_s[r] != NONE_S);
         let (c10, c20) = (a.converted(10), a.converted(20));
         self.counters.closed += 1;
         self.counters.converted_10 += u64::from(c10);
@@ -757,7 +765,9 @@ impl Join {
 
 /// Whole seconds of an in-window offset (the window is at most 18 h).
 fn secs(ms: i64) -> u16 {
-    u16::try_from(ms / 1000).unwrap_or(NONE_S - 1).min(NONE_S - 1)
+    u16::try_from(ms / 1000)
+        .unwrap_or(NONE_S - 1)
+        .min(NONE_S - 1)
 }
 
 #[cfg(test)]

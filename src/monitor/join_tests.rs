@@ -56,13 +56,20 @@ fn a_watch_inside_the_window_converts_once_and_closes_with_the_watermark() {
     // Another user's watch and a watch after the window do nothing.
     j.watch(5 * MIN, 8, "m1");
     tick(&mut j, 64 * MIN);
-    assert!(closed(j.drain()).is_empty(), "window still open (watermark 59 min)");
+    assert!(
+        closed(j.drain()).is_empty(),
+        "window still open (watermark 59 min)"
+    );
     tick(&mut j, 65 * MIN);
     let out = closed(j.drain());
     assert_eq!(out.len(), 1, "{out:?}");
     let o = &out[0];
     assert!(o.converted_10 && o.converted_20 && !o.continued_20);
-    assert_eq!(o.first_conversion, Some((10 * MIN, 14)), "the first conversion wins");
+    assert_eq!(
+        o.first_conversion,
+        Some((10 * MIN, 14)),
+        "the first conversion wins"
+    );
     let c = j.counters();
     assert_eq!((c.closed, c.converted_10, c.converted_20), (1, 1, 1));
 }
@@ -178,7 +185,11 @@ fn state_is_evicted_as_windows_close_so_memory_stays_flat() {
         let user = (minute % 50) as u64;
         j.answer(&answer(minute as u128, t, user, &["a", "b", "c"], "v1"));
         for k in 0..10 {
-            j.watch(t + k * 1000, user + k as u64, &format!("movie{}", minute % 97));
+            j.watch(
+                t + k * 1000,
+                user + k as u64,
+                &format!("movie{}", minute % 97),
+            );
         }
         j.drain();
         if minute > 3 * 60 {
@@ -283,7 +294,14 @@ fn outcomes(outs: &[Output]) -> BTreeMap<u128, (bool, bool, bool)> {
 /// (some beyond the allowed lateness) and a skew between the two sources,
 /// then a final tick far in the future.
 fn stream_strategy() -> impl Strategy<Value = Vec<In>> {
-    let event = (0u8..10, 0i64..400, 0u64..4, 0usize..12, 0u8..3, any::<u64>());
+    let event = (
+        0u8..10,
+        0i64..400,
+        0u64..4,
+        0usize..12,
+        0u8..3,
+        any::<u64>(),
+    );
     (prop::collection::vec(event, 1..160), 0u64..1000).prop_map(|(raw, seed)| {
         let mut v: Vec<(i64, In)> = Vec::new();
         for (n, (kind, minute, user, movie, model, salt)) in raw.into_iter().enumerate() {
@@ -302,8 +320,8 @@ fn stream_strategy() -> impl Strategy<Value = Vec<In>> {
             };
             // Arrival: up to 8 minutes early or late, and the request log
             // running ahead of the stream, in step, or behind it.
-            let jitter = ((salt ^ seed).wrapping_mul(2_654_435_761) % (16 * 60_000)) as i64
-                - 8 * 60_000;
+            let jitter =
+                ((salt ^ seed).wrapping_mul(2_654_435_761) % (16 * 60_000)) as i64 - 8 * 60_000;
             let skew = match (&input, seed % 3) {
                 (In::Answer(_), 0) => -40 * MIN,
                 (In::Answer(_), 1) => 20 * MIN,

@@ -5,6 +5,7 @@
 
 mod common;
 mod ingest;
+mod monitor;
 mod pipeline;
 mod serve;
 mod store;

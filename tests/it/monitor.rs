@@ -1,0 +1,801 @@
+//! Monitoring: the streaming feedback join against a plain batch SQL
+//! recomputation over the stored rows (SQLite and PostgreSQL), exactly once
+//! into the database across kill -9 and lost database connections, the
+//! segment follower, `recsys monitor report --json`.
+//!
+//! PostgreSQL tests need the server at 127.0.0.1:5432 (trust auth,
+//! database `test`; `scripts/postgres.sh` starts it) and fail saying so.
+//! Each uses its own schema.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use recsys::lineage::requests::{RequestRecord, ServedBy};
+use recsys::monitor::sink::{Position, Sink, Value};
+use recsys::monitor::{JoinConfig, Monitor};
+use recsys::stream::Event;
+
+use crate::common::Env;
+
+/// 2026-01-02T00:00:00Z
+const T0: i64 = 1_767_312_000_000;
+const MIN: i64 = 60_000;
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A message as it arrives: stream line (partition) or request record.
+#[derive(Clone, Debug)]
+enum Msg {
+    Stream(i32, String),
+    Request(String),
+}
+
+fn movie(i: u64) -> String {
+    format!("movie+number+{i}+{}", 1950 + i % 60)
+}
+
+fn record(id: u128, time: i64, user: i64, items: Vec<String>, model: &str) -> RequestRecord {
+    RequestRecord {
+        id: uuid::Uuid::from_u128(id).hyphenated().to_string(),
+        time,
+        user,
+        served: ServedBy {
+            model: model.into(),
+            model_digest: "m".repeat(64),
+            dataset: "dataset_1".into(),
+            dataset_digest: "d".repeat(64),
+            train_run: "r".repeat(64),
+            code_commit: "c".repeat(40),
+            config_digest: "f".repeat(64),
+        },
+        route: if model == "tick" {
+            "tick".into()
+        } else {
+            format!("ab/{model}")
+        },
+        status: if user % 13 == 0 {
+            "fallback_unknown_user".into()
+        } else {
+            "ok".into()
+        },
+        latency_us: 800 + (id % 500_000) as i64,
+        items,
+    }
+}
+
+/// About `n` messages over 3 simulated hours: answers (and the stream's
+/// recommendation lines for them), watches of recommended and other
+/// movies (before and after the answers), out of order by up to two
+/// minutes, 1% of them 10-30 minutes late, some malformed lines, then one
+/// event far in the future on each source so every window closes.
+fn generate(n: usize, seed: u64) -> Vec<Msg> {
+    let mut r = Lcg(seed);
+    let mut timed: Vec<(i64, Msg)> = Vec::new();
+    let mut id = 1u128;
+    let watch = |t: i64, user: u64, m: &str, minute: u32| {
+        Event::Watch {
+            time_ms: t,
+            user,
+            movie: m.to_string().into(),
+            minute,
+        }
+        .to_line()
+    };
+    while timed.len() < n {
+        let t = T0 + r.below(180 * MIN as u64) as i64;
+        let user = 1 + r.below(400);
+        let arrive = |r: &mut Lcg, t: i64| {
+            if r.below(100) == 0 {
+                t + 10 * MIN + r.below(20 * MIN as u64) as i64
+            } else {
+                t + r.below(2 * MIN as u64) as i64
+            }
+        };
+        match r.below(20) {
+            0 => {
+                let model = if user % 2 == 0 {
+                    "model_v1"
+                } else {
+                    "model_v2"
+                };
+                let items: Vec<String> = (0..20).map(|_| movie(r.below(300))).collect();
+                let rec = record(id, t, user as i64, items.clone(), model);
+                id += 1;
+                let a = arrive(&mut r, t);
+                timed.push((a, Msg::Request(serde_json::to_string(&rec).expect("json"))));
+                // The stream's view of the same request.
+                let ok = r.below(10) != 0;
+                let latency = r.below(900) as u32;
+                let line = Event::Recommendation {
+                    time_ms: t + i64::from(latency),
+                    user,
+                    host: "recsys".into(),
+                    port: 8082,
+                    status: if ok { 200 } else { 504 },
+                    items: if ok {
+                        items.iter().map(|s| s.clone().into()).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    error: (!ok).then(|| "timeout".into()),
+                    latency_ms: latency,
+                }
+                .to_line();
+                let a = arrive(&mut r, t);
+                timed.push((a, Msg::Stream((user % 2) as i32, line)));
+                // Watches of its items: some inside the window, some after
+                // it, some just before it (continued).
+                for _ in 0..r.below(6) {
+                    let item = &items[r.below(20) as usize];
+                    let wt = t - 20 * MIN + r.below(100 * MIN as u64) as i64;
+                    let a = arrive(&mut r, wt);
+                    timed.push((a, Msg::Stream((user % 2) as i32, watch(wt, user, item, 1))));
+                }
+            }
+            1 if r.below(50) == 0 => {
+                timed.push((t, Msg::Stream(0, format!("garbage line {t}"))));
+            }
+            _ => {
+                let m = movie(r.below(300));
+                let a = arrive(&mut r, t);
+                timed.push((a, Msg::Stream((user % 2) as i32, watch(t, user, &m, 3))));
+            }
+        }
+    }
+    timed.sort_by_key(|(a, _)| *a);
+    let mut out: Vec<Msg> = timed.into_iter().map(|(_, m)| m).collect();
+    let end = T0 + 10 * 60 * MIN;
+    for p in 0..2 {
+        out.push(Msg::Stream(p, watch(end, 999_999, "end+1999", 1)));
+    }
+    let tick = record(u128::MAX, end, 999_999, vec![], "tick");
+    out.push(Msg::Request(serde_json::to_string(&tick).expect("json")));
+    out
+}
+
+/// Conversions per model version as a plain SQL recomputation over the
+/// stored (non-late) rows: (converted_10, converted_20).
+const BATCH_SQL: &str = "
+SELECT a.model,
+       count(DISTINCT CASE WHEN c.rank < 10 THEN a.id END),
+       count(DISTINCT a.id)
+  FROM mon_answers a JOIN mon_answer_items c ON c.id = a.id
+ WHERE a.late = 0 AND a.model <> 'tick'
+   AND EXISTS (SELECT 1 FROM mon_events w
+                WHERE w.kind = 'watch' AND w.late = 0 AND w.user_id = a.user_id
+                  AND w.movie = c.movie
+                  AND w.time_ms >= a.time_ms AND w.time_ms < a.time_ms + 3600000)
+   AND NOT EXISTS (SELECT 1 FROM mon_events w
+                    WHERE w.kind = 'watch' AND w.late = 0 AND w.user_id = a.user_id
+                      AND w.movie = c.movie
+                      AND w.time_ms >= a.time_ms - 1800000 AND w.time_ms < a.time_ms)
+ GROUP BY a.model";
+
+const STREAMING_SQL: &str = "
+SELECT model, CAST(sum(converted_10) AS BIGINT), CAST(sum(converted_20) AS BIGINT), count(*)
+  FROM mon_outcomes WHERE model <> 'tick' GROUP BY model";
+
+type PerModel = BTreeMap<String, (i64, i64)>;
+
+fn batch_and_streaming(sink: &mut dyn Sink) -> (PerModel, PerModel, i64) {
+    let batch: PerModel = sink
+        .rows(BATCH_SQL, &[])
+        .expect("batch SQL")
+        .iter()
+        .map(|r| (r[0].text(), (r[1].int(), r[2].int())))
+        .collect();
+    let mut closed = 0;
+    let streaming: PerModel = sink
+        .rows(STREAMING_SQL, &[])
+        .expect("streaming SQL")
+        .iter()
+        .map(|r| {
+            closed += r[3].int();
+            (r[0].text(), (r[1].int(), r[2].int()))
+        })
+        .collect();
+    (batch, streaming, closed)
+}
+
+fn scalar(sink: &mut dyn Sink, sql: &str) -> i64 {
+    sink.rows(sql, &[]).expect(sql)[0][0].int()
+}
+
+/// Feed messages in arrival order straight into a `Monitor`, flushing
+/// every `every` messages, and check the streaming join against the batch
+/// recomputation.
+fn feed_and_check(sink: Box<dyn Sink>, msgs: &[Msg], check: &mut dyn FnMut() -> Box<dyn Sink>) {
+    let mut m = Monitor::open(sink, JoinConfig::default()).expect("open monitor");
+    let mut offs = [0i64; 3];
+    for (i, msg) in msgs.iter().enumerate() {
+        match msg {
+            Msg::Stream(p, line) => {
+                let pos = Position {
+                    source: "stream:movielog1".into(),
+                    part: *p,
+                    off: offs[*p as usize],
+                };
+                offs[*p as usize] += 1;
+                m.stream_message(pos, line.as_bytes());
+            }
+            Msg::Request(json) => {
+                let pos = Position {
+                    source: "requests:recsys-requests".into(),
+                    part: 0,
+                    off: offs[2],
+                };
+                offs[2] += 1;
+                m.request_message(pos, json.as_bytes());
+            }
+        }
+        if i % 5_000 == 4_999 {
+            m.flush().expect("flush");
+        }
+    }
+    m.flush().expect("flush");
+    let c = m.counters();
+    drop(m);
+    let mut sink = check();
+    let (batch, streaming, closed) = batch_and_streaming(sink.as_mut());
+    assert!(c.converted_20 > 500 && c.late_events > 100, "{c:?}");
+    assert!(
+        c.continued_20 > 50,
+        "continued watches are exercised: {c:?}"
+    );
+    assert_eq!(
+        streaming, batch,
+        "streaming conversions per model = batch SQL"
+    );
+    assert_eq!(
+        closed as u64, c.closed,
+        "every answer but the final tick closed"
+    );
+    // Every message is stored exactly once (events, answers or rejects).
+    let stored = scalar(sink.as_mut(), "SELECT count(*) FROM mon_events")
+        + scalar(sink.as_mut(), "SELECT count(*) FROM mon_answers")
+        + scalar(sink.as_mut(), "SELECT count(*) FROM mon_bad");
+    assert_eq!(stored as usize, msgs.len());
+    // The rollups agree with the rows.
+    let rolled = scalar(
+        sink.as_mut(),
+        "SELECT CAST(sum(converted_20) AS BIGINT) FROM mon_minute WHERE model <> 'tick'",
+    );
+    assert_eq!(rolled, streaming.values().map(|v| v.1).sum::<i64>());
+    let late = scalar(
+        sink.as_mut(),
+        "SELECT count(*) FROM mon_events WHERE late = 1",
+    );
+    assert_eq!(late as u64, c.late_events);
+}
+
+#[test]
+fn streaming_conversions_equal_a_batch_sql_recomputation_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("monitor.db");
+    let msgs = generate(200_000, 7);
+    let open = |p: &Path| -> Box<dyn Sink> {
+        Box::new(recsys::monitor::sqlite::SqliteSink::open(p).expect("sqlite sink"))
+    };
+    let sink = open(&path);
+    let p2 = path.clone();
+    feed_and_check(sink, &msgs, &mut || {
+        let mut s = open(&p2);
+        s.rows(
+            "CREATE INDEX IF NOT EXISTS w ON mon_events(user_id, movie, time_ms)",
+            &[],
+        )
+        .ok();
+        s
+    });
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL
+
+fn require_postgres() {
+    let ok = Command::new("pg_isready")
+        .args(["-q", "-h", "127.0.0.1", "-p", "5432"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "these tests need PostgreSQL at 127.0.0.1:5432 (trust auth, database `test`): \
+         start it with scripts/postgres.sh"
+    );
+}
+
+fn psql(sql: &str) -> String {
+    let o = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-qAt",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("run psql (Debian package postgresql-client)");
+    assert!(
+        o.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A fresh schema; the connection string that uses it.
+fn pg_schema(name: &str) -> String {
+    require_postgres();
+    let schema = format!("mon_test_{name}_{}", std::process::id());
+    psql(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ));
+    format!(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test application_name={schema} \
+         options='-c search_path={schema}'"
+    )
+}
+
+fn drop_schema(conn: &str) {
+    if let Some(s) = conn.split("application_name=").nth(1) {
+        let s = s.split_whitespace().next().unwrap_or_default();
+        psql(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"));
+    }
+}
+
+#[test]
+fn streaming_conversions_equal_a_batch_sql_recomputation_postgres() {
+    let conn = pg_schema("batch");
+    let msgs = generate(200_000, 11);
+    let open = |c: &str| -> Box<dyn Sink> {
+        Box::new(recsys::monitor::postgres::PgSink::connect(c).expect("postgres sink"))
+    };
+    let c2 = conn.clone();
+    feed_and_check(open(&conn), &msgs, &mut || {
+        let mut s = open(&c2);
+        s.rows(
+            "CREATE INDEX IF NOT EXISTS w ON mon_events (user_id, movie, time_ms)",
+            &[],
+        )
+        .expect("index");
+        s.rows("ANALYZE", &[]).expect("analyze");
+        s
+    });
+    // Day partitions with BRIN indexes, autosummarize on.
+    let schema = conn
+        .split("application_name=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    let parts = psql(&format!(
+        "SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_inherits i
+           JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+           JOIN pg_namespace n ON n.oid = p.relnamespace
+          WHERE n.nspname = '{schema}' AND p.relname = 'mon_events'"
+    ));
+    assert!(
+        parts.contains("mon_events_p20260101") && parts.contains("mon_events_p20260102"),
+        "{parts}"
+    );
+    let brin = psql(&format!(
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}'
+            AND tablename = 'mon_events_p20260102' AND indexdef LIKE '%USING brin (time_ms)%'
+            AND indexdef LIKE '%autosummarize%'"
+    ));
+    assert_eq!(brin, "1");
+    drop_schema(&conn);
+}
+
+#[test]
+fn a_database_that_refuses_connections_is_a_clear_error() {
+    let env = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let (_c, brokers) = cluster(&[("movielog1", 1)]);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/test");
+    let err = env.fails(
+        2,
+        &[
+            "monitor",
+            "--brokers",
+            &brokers,
+            "--topic",
+            "movielog1",
+            "--db",
+            &url,
+        ],
+    );
+    assert!(
+        err.contains("PostgreSQL monitoring database")
+            && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// The binary against Kafka: exactly once across kill -9.
+
+fn cluster(topics: &[(&str, i32)]) -> (MockCluster<'static, DefaultProducerContext>, String) {
+    let c = MockCluster::new(1).expect("mock cluster");
+    for (t, p) in topics {
+        c.create_topic(t, *p, 1).expect("create topic");
+    }
+    let b = c.bootstrap_servers();
+    (c, b)
+}
+
+fn produce(brokers: &str, msgs: &[Msg]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    for m in msgs {
+        let (topic, part, payload) = match m {
+            Msg::Stream(part, line) => ("movielog1", *part, line.as_str()),
+            Msg::Request(json) => ("recsys-requests", 0, json.as_str()),
+        };
+        let rec: BaseRecord<'_, str, str> = BaseRecord::to(topic).partition(part).payload(payload);
+        p.send(rec).map_err(|(e, _)| e).expect("send");
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+fn spawn_monitor(env: &Env, brokers: &str, db: &[&str], extra: &[&str]) -> Child {
+    let mut args = vec![
+        "monitor",
+        "--brokers",
+        brokers,
+        "--topic",
+        "movielog1",
+        "--requests-topic",
+        "recsys-requests",
+        "--idle",
+        "1s",
+        "--batch-every",
+        "50ms",
+    ];
+    args.extend_from_slice(db);
+    args.extend_from_slice(extra);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.tmp.path().join("monitor.err"))
+        .expect("stderr file");
+    env.cmd(&args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn recsys monitor")
+}
+
+fn wait_ok(env: &Env, mut child: Child, limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            let err =
+                std::fs::read_to_string(env.tmp.path().join("monitor.err")).unwrap_or_default();
+            assert!(st.success(), "recsys monitor failed ({st:?}): {err}");
+            return err;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let err =
+                std::fs::read_to_string(env.tmp.path().join("monitor.err")).unwrap_or_default();
+            let tail: String = err
+                .chars()
+                .rev()
+                .take(3000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            panic!("recsys monitor did not stop within {limit:?}; its stderr ends:\n{tail}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every produced message is stored exactly once: (source, partition,
+/// offset) over events, answers and rejects is exactly the produced set.
+fn assert_exactly_once(sink: &mut dyn Sink, msgs: &[Msg]) {
+    let mut expect: BTreeSet<(String, i64, i64)> = BTreeSet::new();
+    let mut offs = [0i64; 3];
+    for m in msgs {
+        match m {
+            Msg::Stream(p, _) => {
+                expect.insert(("stream:movielog1".into(), i64::from(*p), offs[*p as usize]));
+                offs[*p as usize] += 1;
+            }
+            Msg::Request(_) => {
+                expect.insert(("requests:recsys-requests".into(), 0, offs[2]));
+                offs[2] += 1;
+            }
+        }
+    }
+    let mut got: Vec<(String, i64, i64)> = Vec::new();
+    for t in ["mon_events", "mon_answers", "mon_bad"] {
+        for r in sink
+            .rows(&format!("SELECT source, part, off FROM {t}"), &[])
+            .expect("positions")
+        {
+            got.push((r[0].text(), r[1].int(), r[2].int()));
+        }
+    }
+    let n = got.len();
+    let set: BTreeSet<_> = got.into_iter().collect();
+    assert_eq!(n, set.len(), "a message was stored twice");
+    assert_eq!(
+        set.len(),
+        expect.len(),
+        "stored {} of {} messages",
+        set.len(),
+        expect.len()
+    );
+    assert!(set == expect, "the stored positions are the produced ones");
+}
+
+fn kill_9_cycle(db: &[&str], open: &dyn Fn() -> Box<dyn Sink>) {
+    let env = Env::new();
+    let (_cluster, brokers) = cluster(&[("movielog1", 2), ("recsys-requests", 1)]);
+    let msgs = generate(30_000, 3);
+    produce(&brokers, &msgs);
+    let mut r = Lcg(42);
+    for round in 0..5 {
+        let child = spawn_monitor(&env, &brokers, db, &[]);
+        // Kill at some moment: while starting, replaying, mid-batch.
+        std::thread::sleep(Duration::from_millis(300 + r.below(900)));
+        let mut child = child;
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+        if round == 4 {
+            break;
+        }
+    }
+    let child = spawn_monitor(&env, &brokers, db, &["--stop-when-idle"]);
+    wait_ok(&env, child, Duration::from_secs(120));
+    let mut sink = open();
+    assert_exactly_once(sink.as_mut(), &msgs);
+    let (batch, streaming, _) = batch_and_streaming(sink.as_mut());
+    assert_eq!(
+        streaming, batch,
+        "after restarts, streaming = batch recomputation"
+    );
+    // Every non-late answer's window closed exactly once.
+    let dup = scalar(
+        sink.as_mut(),
+        "SELECT count(*) FROM (SELECT id FROM mon_outcomes GROUP BY id HAVING count(*) > 1) d",
+    );
+    assert_eq!(dup, 0);
+    let open_answers = scalar(
+        sink.as_mut(),
+        "SELECT count(*) FROM mon_answers a WHERE a.late = 0 AND a.model <> 'tick'
+           AND NOT EXISTS (SELECT 1 FROM mon_outcomes o WHERE o.id = a.id)",
+    );
+    assert_eq!(open_answers, 0);
+    // Running again reads nothing new and writes nothing twice.
+    let child = spawn_monitor(&env, &brokers, db, &["--stop-when-idle"]);
+    wait_ok(&env, child, Duration::from_secs(60));
+    let mut sink = open();
+    assert_exactly_once(sink.as_mut(), &msgs);
+}
+
+#[test]
+fn kill_9_at_any_moment_stores_every_event_exactly_once_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.db");
+    let p = path.to_str().expect("utf-8").to_string();
+    kill_9_cycle(&["--db", &p], &|| {
+        Box::new(recsys::monitor::sqlite::SqliteSink::open(&path).expect("open"))
+    });
+}
+
+#[test]
+fn kill_9_and_lost_postgres_connections_store_every_event_exactly_once() {
+    let conn = pg_schema("kill");
+    // The test's own connection is not one the server drops.
+    let c2 = conn.replacen("application_name=", "application_name=check_", 1);
+    let app = conn
+        .split("application_name=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    // Meanwhile, the server drops the monitor's connections now and then.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let killer = std::thread::spawn(move || {
+        let mut n = 0;
+        while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1500));
+            let k = psql(&format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE application_name = '{app}' AND pid <> pg_backend_pid()"
+            ));
+            n += k.parse::<i64>().unwrap_or(0);
+        }
+        n
+    });
+    kill_9_cycle(&["--db", &conn], &|| {
+        Box::new(recsys::monitor::postgres::PgSink::connect(&c2).expect("connect"))
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let terminated = killer.join().expect("killer");
+    assert!(terminated > 0, "no connection was terminated");
+    drop_schema(&conn);
+}
+
+// ---------------------------------------------------------------------------
+// Segments and the report.
+
+const SEG_HEADER: &str =
+    r#"{"recsys_log_segment":2,"name":"seg-test","host":"h","opened":1767312000000}"#;
+
+fn served_line() -> String {
+    let by = record(1, 0, 1, vec![], "model_v1").served;
+    let v = serde_json::to_value(&by).expect("json");
+    let inner = v.to_string();
+    format!("{{\"recsys_served\":0,{}", &inner[1..])
+}
+
+fn seg_request(id: u128, t: i64, user: i64, items: &[&str]) -> String {
+    serde_json::json!({
+        "id": uuid::Uuid::from_u128(id).hyphenated().to_string(),
+        "time": t, "user": user, "served": 0, "route": "default", "status": "ok",
+        "latency_us": 450_000, "items": items,
+    })
+    .to_string()
+}
+
+#[test]
+fn requests_from_follows_local_segments_and_report_json_has_the_keys_scripts_use() {
+    let env = Env::new();
+    let (_cluster, brokers) = cluster(&[("movielog1", 1)]);
+    let seg = env.path("log/requests/open-seg-test.jsonl");
+    env.write(
+        "log/requests/open-seg-test.jsonl",
+        format!(
+            "{SEG_HEADER}\n{}\n{}\n{}\n",
+            served_line(),
+            seg_request(1, T0, 5, &["a+1999", "b+1999"]),
+            seg_request(2, T0 + 1_000, 6, &["c+1999"]),
+        ),
+    );
+    let w = |t: i64, u: u64, m: &str| {
+        Msg::Stream(
+            0,
+            Event::Watch {
+                time_ms: t,
+                user: u,
+                movie: m.to_string().into(),
+                minute: 0,
+            }
+            .to_line(),
+        )
+    };
+    produce(
+        &brokers,
+        &[w(T0 + 5 * MIN, 5, "b+1999"), w(T0 + 6 * MIN, 6, "zzz+1999")],
+    );
+    let root = env.root.to_str().expect("utf-8").to_string();
+    let args = |extra: &'static [&'static str]| {
+        let mut v: Vec<String> = [
+            "monitor",
+            "--brokers",
+            &brokers,
+            "--topic",
+            "movielog1",
+            "--requests-from",
+            &root,
+            "--idle",
+            "1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &'static [&'static str]| {
+        let a = args(extra);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        env.ok(&refs)
+    };
+    run(&["--stop-when-idle"]);
+    // More lines arrive (one torn at the end), plus a bad one.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .expect("append");
+    writeln!(f, "{}", seg_request(3, T0 + 2 * MIN, 7, &["d+1999"])).expect("write");
+    writeln!(f, "{{\"id\":\"not-a-uuid\",\"time\":1,\"user\":1,\"served\":0,\"route\":\"x\",\"status\":\"ok\",\"latency_us\":1,\"items\":[]}}").expect("write");
+    write!(f, "{{\"id\":\"torn").expect("write");
+    drop(f);
+    produce(&brokers, &[w(T0 + 3 * 60 * MIN, 7, "end+1999")]);
+    run(&["--stop-when-idle"]);
+    let db = recsys::monitor::sqlite::SqliteSink::open(&env.path("monitor.db")).expect("db");
+    let mut db: Box<dyn Sink> = Box::new(db);
+    // Each answer once, the torn line not yet, the bad one rejected.
+    assert_eq!(scalar(db.as_mut(), "SELECT count(*) FROM mon_answers"), 3);
+    assert_eq!(
+        scalar(
+            db.as_mut(),
+            "SELECT count(*) FROM mon_bad WHERE reason LIKE '%not a UUID%'"
+        ),
+        1
+    );
+    let conv = db
+        .rows("SELECT id, converted_20 FROM mon_outcomes ORDER BY id", &[])
+        .expect("outcomes");
+    let conv: Vec<(String, i64)> = conv.iter().map(|r| (r[0].text(), r[1].int())).collect();
+    assert_eq!(conv.len(), 3, "{conv:?}");
+    assert_eq!(conv[0].1, 1, "user 5 watched b within the hour");
+    assert_eq!(conv[1].1, 0);
+
+    let rep = env.json(&["monitor", "report", "--since", "24h", "--json"]);
+    let by = rep["by_model"].as_array().expect("by_model");
+    let v1 = by
+        .iter()
+        .find(|g| g["model"] == "model_v1")
+        .expect("model_v1");
+    for key in [
+        "model",
+        "answers",
+        "users",
+        "converted_10",
+        "converted_20",
+        "users_converted_20",
+        "provisional",
+        "availability",
+        "latency_p95_ms",
+    ] {
+        assert!(v1.get(key).is_some(), "by_model lacks {key}: {v1}");
+    }
+    assert_eq!(v1["answers"], 3);
+    assert_eq!(v1["users"], 3);
+    assert_eq!(v1["converted_20"], 1);
+    assert_eq!(v1["users_converted_20"], 1);
+    assert_eq!(v1["latency_p95_ms"], 450.0);
+    assert!(rep.get("late_events").is_some());
+    assert_eq!(rep["bad_messages"], 1);
+    let arm = env.json(&["monitor", "report", "--by", "arm", "--json"]);
+    assert_eq!(arm["by_arm"][0]["model"], "default");
+    let text = env.ok(&["monitor", "report"]);
+    assert!(
+        text.contains("model_v1") && text.contains("conv@20"),
+        "{text}"
+    );
+    let _ = Value::Null;
+}
