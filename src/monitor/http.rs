@@ -51,10 +51,11 @@ pub fn app(sink: SharedSink, alerts: Arc<Mutex<BTreeMap<String, bool>>>) -> Rout
         .route("/api/report", get(api_report))
         .route("/api/minutes", get(api_minutes))
         .route("/api/alerts", get(api_alerts))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not found: try /, /api/report, /api/minutes or /api/alerts\n",
+                "not found: try /, /api/report, /api/minutes, /api/alerts or /metrics\n",
             )
         })
         .with_state(AppState { sink, alerts })
@@ -142,6 +143,81 @@ pub async fn serve(
     axum::serve(listener, app(sink, alerts))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Prometheus text exposition of the monitor's figures: what
+/// monitoring/alerts.yml's online-quality rule reads.
+pub fn metrics_text(sink: &mut dyn Sink) -> Result<String, super::MonitorError> {
+    use std::fmt::Write as _;
+    let hour = report::report(sink, 3_600_000, By::Model)?;
+    let day = report::report(sink, 86_400_000, By::Model)?;
+    let mut out = String::new();
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let _ = writeln!(
+        out,
+        "# HELP recsys_monitor_conversion_rate Share of the last hour's closed answers with a top-k item watched within the window.\n# TYPE recsys_monitor_conversion_rate gauge"
+    );
+    for g in hour.by_model.iter().filter(|g| g.closed > 0) {
+        for (k, c) in [("10", g.converted_10), ("20", g.converted_20)] {
+            let _ = writeln!(
+                out,
+                "recsys_monitor_conversion_rate{{model=\"{}\",k=\"{k}\"}} {}",
+                esc(&g.model),
+                c as f64 / g.closed as f64
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP recsys_monitor_online_quality Users with a converted answer / users answered, last 24 h.\n# TYPE recsys_monitor_online_quality gauge"
+    );
+    for g in &day.by_model {
+        if let Some(q) = g.online_quality {
+            let _ = writeln!(
+                out,
+                "recsys_monitor_online_quality{{model=\"{}\"}} {q}",
+                esc(&g.model)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP recsys_monitor_open_windows Answers whose feedback window is still open.\n# TYPE recsys_monitor_open_windows gauge"
+    );
+    for g in &day.by_model {
+        let _ = writeln!(
+            out,
+            "recsys_monitor_open_windows{{model=\"{}\"}} {}",
+            esc(&g.model),
+            g.provisional
+        );
+    }
+    if let Some(a) = hour.stream.availability {
+        let _ = writeln!(
+            out,
+            "# HELP recsys_monitor_stream_availability Share of the last hour's stream requests answered 200 within 600 ms.\n# TYPE recsys_monitor_stream_availability gauge\nrecsys_monitor_stream_availability {a}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP recsys_monitor_late_events Events that arrived below the watermark, last 24 h.\n# TYPE recsys_monitor_late_events gauge\nrecsys_monitor_late_events {}",
+        day.late_events + day.late_answers
+    );
+    Ok(out)
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    match with_sink(&st, metrics_text).await {
+        Ok(t) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            t,
+        )
+            .into_response(),
+        Err(e) => unavailable(e),
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -799,3 +799,475 @@ fn requests_from_follows_local_segments_and_report_json_has_the_keys_scripts_use
     );
     let _ = Value::Null;
 }
+
+// ---------------------------------------------------------------------------
+// monitoring/: rules, Alertmanager, dashboards, against the real tools.
+
+fn repo(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn tool(name: &str, package: &str) -> Command {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is not installed: install the Debian package {package} (scripts/setup.sh does)"
+    );
+    Command::new(name)
+}
+
+fn run_ok(mut c: Command) -> String {
+    let o = c.output().expect("run tool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{c:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn alert_rules_pass_promtool_tests_and_alertmanager_config_passes_amtool() {
+    let mut t = tool("promtool", "prometheus");
+    t.args(["test", "rules"])
+        .arg(repo("monitoring/alerts_test.yml"))
+        .arg(repo("monitoring/alerts_quality_test.yml"));
+    let out = run_ok(t);
+    assert!(out.contains("SUCCESS"), "{out}");
+    let mut t = tool("promtool", "prometheus");
+    t.args(["check", "config"])
+        .arg(repo("monitoring/prometheus.yml"));
+    run_ok(t);
+    // Every alert rule has a test that expects it to fire.
+    let rules = std::fs::read_to_string(repo("monitoring/alerts.yml")).expect("rules");
+    let tests = std::fs::read_to_string(repo("monitoring/alerts_test.yml")).expect("tests")
+        + &std::fs::read_to_string(repo("monitoring/alerts_quality_test.yml")).expect("tests");
+    for line in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        let fires = tests.split("alertname: ").skip(1).any(|chunk| {
+            chunk.starts_with(line)
+                && chunk
+                    .lines()
+                    .nth(1)
+                    .is_some_and(|l| l.trim() == "exp_alerts:")
+        });
+        assert!(fires, "alert {line} has no promtool test in which it fires");
+    }
+    let mut t = tool("amtool", "prometheus-alertmanager");
+    t.arg("check-config")
+        .arg(repo("monitoring/alertmanager.yml"));
+    let out = run_ok(t);
+    assert!(
+        out.contains("SUCCESS") && out.contains("1 receivers"),
+        "{out}"
+    );
+}
+
+/// Every SQL target of a dashboard, with Grafana's `$__from`/`$__to`.
+fn panel_targets(file: &str) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(repo(file)).expect("dashboard");
+    let d: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            let kind = t["datasource"]["type"]
+                .as_str()
+                .expect("datasource")
+                .to_string();
+            let q = t["rawSql"]
+                .as_str()
+                .or_else(|| t["expr"].as_str())
+                .expect("a query")
+                .to_string();
+            out.push((p["title"].as_str().expect("title").to_string(), kind, q));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_dashboard_sql_panel_returns_rows_from_postgres() {
+    let conn = pg_schema("panels");
+    let schema = conn
+        .split("application_name=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    let sink = recsys::monitor::postgres::PgSink::connect(&conn).expect("postgres");
+    let mut m = Monitor::open(Box::new(sink), JoinConfig::default()).expect("monitor");
+    // The stream ends 2 h in (not at +10 h) so some windows stay open.
+    let mut msgs = generate(20_000, 5);
+    msgs.truncate(msgs.len() - 3);
+    for (i, msg) in msgs.iter().enumerate() {
+        let pos = |s: &str| Position {
+            source: s.into(),
+            part: 0,
+            off: i as i64,
+        };
+        match msg {
+            Msg::Stream(_, l) => m.stream_message(pos("stream:t"), l.as_bytes()),
+            Msg::Request(j) => m.request_message(pos("requests:t"), j.as_bytes()),
+        }
+    }
+    m.flush().expect("flush");
+    drop(m);
+    let mut n = 0;
+    for file in [
+        "monitoring/grafana/dashboards/service-health.json",
+        "monitoring/grafana/dashboards/online-quality.json",
+    ] {
+        for (title, kind, q) in panel_targets(file) {
+            if kind != "postgres" {
+                continue;
+            }
+            let q = q
+                .replace("$__from", &(T0 - 3_600_000).to_string())
+                .replace("$__to", &(T0 + 11 * 3_600_000).to_string());
+            let out = psql(&format!("SET search_path = {schema}; {q}"));
+            assert!(
+                out.lines().count() >= 1,
+                "{file}: panel {title:?} returned no rows"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 10, "only {n} SQL panels");
+    drop_schema(&conn);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A tiny HTTP server that keeps every POSTed body.
+fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let got: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().expect("clone"));
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            g.lock()
+                .expect("lock")
+                .push(String::from_utf8_lossy(&body).into_owned());
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    (port, got)
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A project with `dataset_1` and a popularity model `model_v1` serving all.
+fn served_project() -> Env {
+    let env = Env::new();
+    let mut events = String::from("time_ms,user,movie,kind,value\n");
+    let mut users = String::from("user,age,gender,occupation\n");
+    for u in 1..=50u32 {
+        users.push_str(&format!("{u},30,F,engineer\n"));
+        for i in 0..10u32 {
+            if (u + i) % 3 == 0 {
+                events.push_str(&format!(
+                    "{},{u},{},rate,4\n",
+                    1000 + u,
+                    movie(u64::from(i))
+                ));
+            }
+        }
+    }
+    env.write("data/dataset_1/users.csv", users);
+    env.write("data/dataset_1/events.csv", &events);
+    env.write("data/dataset_1/movies.csv", "movie,title,year,genres\n");
+    env.write(
+        "data/dataset_1/requests.csv",
+        "time_ms,user,status,latency_ms,items\n",
+    );
+    let rates = events.lines().count() - 1;
+    env.write(
+        "data/dataset_1/dataset.json",
+        format!(
+            r#"{{"format":1,"source":{{"import":"synthetic monitoring test data"}},"counts":{{"events":{rates},"watch":0,"rate":{rates},"requests":0,"users":50,"movies":0}}}}"#
+        ),
+    );
+    env.ok(&["add", "data/dataset_1", "--kind", "dataset"]);
+    env.ok(&["train", "--dataset", "dataset_1", "--algo", "popularity"]);
+    env.write("config.json", r#"{"default": "model_v1"}"#);
+    env.commit("model");
+    env
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn prometheus_and_alertmanager_deliver_a_slack_message_about_a_real_server_under_load() {
+    let prom_bin = tool("prometheus", "prometheus").get_program().to_owned();
+    let am_bin = tool("prometheus-alertmanager", "prometheus-alertmanager")
+        .get_program()
+        .to_owned();
+    let env = served_project();
+    let mut serve = env
+        .cmd(&["serve", "--port", "0", "--poll-ms", "1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(serve.stdout.take().expect("stdout"));
+        out.read_line(&mut line).expect("read url");
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).unwrap_or(0) > 0 {}
+        });
+    }
+    let serve = Killed(serve);
+    let serve_port: u16 = line
+        .trim_end()
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let (hook_port, hooks) = webhook_receiver();
+    let dir = env.tmp.path();
+    // Alertmanager: the shipped config, with the secret URL file and a
+    // short group wait.
+    let url_file = dir.join("slack-url");
+    std::fs::write(&url_file, format!("http://127.0.0.1:{hook_port}/slack\n")).expect("url");
+    let am_cfg = std::fs::read_to_string(repo("monitoring/alertmanager.yml"))
+        .expect("am config")
+        .replace(
+            "/etc/recsys/slack-webhook-url",
+            url_file.to_str().expect("utf-8"),
+        )
+        .replace("group_wait: 30s", "group_wait: 1s");
+    std::fs::write(dir.join("am.yml"), am_cfg).expect("write");
+    let am_port = free_port();
+    let am = Killed(
+        Command::new(&am_bin)
+            .arg(format!("--config.file={}", dir.join("am.yml").display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("am.log")).expect("log"))
+            .spawn()
+            .expect("start alertmanager"),
+    );
+    // Prometheus: the shipped rules with the `for` durations shortened
+    // (their timing is promtool's to test), scraping every second.
+    let rules = std::fs::read_to_string(repo("monitoring/alerts.yml"))
+        .expect("rules")
+        .replace("for: 5m", "for: 1s")
+        .replace("for: 2m", "for: 1s")
+        .replace("for: 30m", "for: 1s");
+    std::fs::write(dir.join("alerts.yml"), rules).expect("write");
+    let prom_cfg = std::fs::read_to_string(repo("monitoring/prometheus.yml"))
+        .expect("prometheus config")
+        .replace("scrape_interval: 15s", "scrape_interval: 1s")
+        .replace("evaluation_interval: 15s", "evaluation_interval: 1s")
+        .replace("127.0.0.1:9093", &format!("127.0.0.1:{am_port}"))
+        .replace("127.0.0.1:8082", &format!("127.0.0.1:{serve_port}"));
+    std::fs::write(dir.join("prometheus.yml"), prom_cfg).expect("write");
+    let prom_port = free_port();
+    let prom = Killed(
+        Command::new(&prom_bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("prom-data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .arg("--enable-feature=exemplar-storage")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prom.log")).expect("log"))
+            .spawn()
+            .expect("start prometheus"),
+    );
+    wait_until("prometheus ready", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", prom_port)).is_ok()
+            && http_get(prom_port, "/-/ready").0 == 200
+    });
+    // Load: bounded in count and time; every third user is unknown, so a
+    // third of the answers are popularity fallbacks.
+    let start = Instant::now();
+    let mut ids = BTreeSet::new();
+    let mut sent = 0u32;
+    let delivered = || {
+        hooks
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|b| b.contains("RecsysFallbackShareHigh"))
+    };
+    while !delivered() && start.elapsed() < Duration::from_secs(90) && sent < 50_000 {
+        for k in 0..20u32 {
+            let user = if k % 3 == 0 {
+                10_000 + sent
+            } else {
+                1 + sent % 50
+            };
+            let (status, _) = http_get(serve_port, &format!("/recommend/{user}"));
+            assert_eq!(status, 200);
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bodies = hooks.lock().expect("lock").clone();
+    let msg = bodies
+        .iter()
+        .find(|b| b.contains("RecsysFallbackShareHigh"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no Slack message after {sent} requests in {:?}; alertmanager log:\n{}\nprometheus log tail:\n{}",
+                start.elapsed(),
+                std::fs::read_to_string(dir.join("am.log")).unwrap_or_default(),
+                std::fs::read_to_string(dir.join("prom.log")).unwrap_or_default().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            )
+        });
+    let v: serde_json::Value = serde_json::from_str(msg).expect("Slack JSON");
+    assert_eq!(v["channel"], "#recsys-alerts", "{v}");
+    let att = &v["attachments"][0];
+    assert!(
+        att["title"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("[FIRING] RecsysFallbackShareHigh")),
+        "{v}"
+    );
+    assert!(
+        att["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("of answers are popularity fallbacks")),
+        "{v}"
+    );
+    // The latency exemplars are the request ids of logged answers.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let (st, body) = http_get(
+        prom_port,
+        &format!(
+            "/api/v1/query_exemplars?query=recsys_request_duration_seconds_bucket&start={}&end={}",
+            now - 600,
+            now + 60
+        ),
+    );
+    assert_eq!(st, 200, "{body}");
+    let ex: serde_json::Value = serde_json::from_str(&body).expect("exemplars JSON");
+    for set in ex["data"].as_array().expect("data") {
+        for e in set["exemplars"].as_array().expect("exemplars") {
+            if let Some(id) = e["labels"]["request_id"].as_str() {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    assert!(!ids.is_empty(), "no request-id exemplars in {body}");
+    // Every PromQL panel of the dashboards answers with data.
+    let mut n = 0;
+    for file in [
+        "monitoring/grafana/dashboards/service-health.json",
+        "monitoring/grafana/dashboards/online-quality.json",
+    ] {
+        for (title, kind, q) in panel_targets(file) {
+            if kind != "prometheus" {
+                continue;
+            }
+            let enc: String = q
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            let mut result = serde_json::Value::Null;
+            wait_until(
+                &format!("panel {title:?}: {q}"),
+                Duration::from_secs(30),
+                || {
+                    let (st, body) = http_get(prom_port, &format!("/api/v1/query?query={enc}"));
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    result = v["data"]["result"].clone();
+                    st == 200 && result.as_array().is_some_and(|r| !r.is_empty())
+                },
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 8, "only {n} PromQL panels");
+    drop((prom, am, serve));
+}
