@@ -150,14 +150,15 @@ pub async fn serve(
 pub fn metrics_text(sink: &mut dyn Sink) -> Result<String, super::MonitorError> {
     use std::fmt::Write as _;
     let hour = report::report(sink, 3_600_000, By::Model)?;
+    let recent = report::report(sink, 6 * 3_600_000, By::Model)?;
     let day = report::report(sink, 86_400_000, By::Model)?;
     let mut out = String::new();
     let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let _ = writeln!(
         out,
-        "# HELP recsys_monitor_conversion_rate Share of the last hour's closed answers with a top-k item watched within the window.\n# TYPE recsys_monitor_conversion_rate gauge"
+        "# HELP recsys_monitor_conversion_rate Share of the closed answers of the last 6 h with a top-k item watched within the window.\n# TYPE recsys_monitor_conversion_rate gauge"
     );
-    for g in hour.by_model.iter().filter(|g| g.closed > 0) {
+    for g in recent.by_model.iter().filter(|g| g.closed > 0) {
         for (k, c) in [("10", g.converted_10), ("20", g.converted_20)] {
             let _ = writeln!(
                 out,

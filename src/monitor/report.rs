@@ -239,7 +239,7 @@ pub fn report(sink: &mut dyn Sink, since_ms: i64, by: By) -> Result<Report, Moni
         By::Model => None,
     };
     let sql = format!(
-        "SELECT {}, {}, {}, {}, {}, {}, {}, {} FROM mon_minute WHERE minute_ms >= $1",
+        "SELECT {}, {}, {}, {}, {}, {}, {}, {} FROM mon_minute WHERE minute_ms >= $1 AND model = '-'",
         sum("stream_requests"),
         sum("stream_ok"),
         sum("stream_5xx"),
@@ -251,6 +251,16 @@ pub fn report(sink: &mut dyn Sink, since_ms: i64, by: By) -> Result<Report, Moni
     );
     let t = sink.rows(&sql, &[since])?;
     let t = t.first().cloned().unwrap_or_else(|| vec![Value::Int(0); 8]);
+    // Late answers are counted in their model's rows.
+    let sql = format!(
+        "SELECT {} FROM mon_minute WHERE minute_ms >= $1",
+        sum("late_answers")
+    );
+    let late_answers = sink
+        .rows(&sql, &[since])?
+        .first()
+        .and_then(|r| r.first())
+        .map_or(0, Value::int);
     let mut stream = StreamFigures {
         requests: t[0].int(),
         availability: ratio(t[1].int(), t[0].int()),
@@ -260,8 +270,8 @@ pub fn report(sink: &mut dyn Sink, since_ms: i64, by: By) -> Result<Report, Moni
         ..StreamFigures::default()
     };
     let sql = format!(
-        "SELECT le_ms, {} FROM mon_latency_minute WHERE source = 'stream' AND minute_ms >= $1
-         GROUP BY le_ms",
+        "SELECT le_ms, {} FROM mon_latency_minute WHERE source = 'stream' AND model = '-'
+         AND minute_ms >= $1 GROUP BY le_ms",
         sum("n")
     );
     let b: BTreeMap<i64, i64> = sink
@@ -278,7 +288,7 @@ pub fn report(sink: &mut dyn Sink, since_ms: i64, by: By) -> Result<Report, Moni
         by_model,
         by_arm,
         late_events: t[4].int(),
-        late_answers: t[5].int(),
+        late_answers,
         bad_messages: t[6].int(),
         stream,
         health: health(sink, until)?,
@@ -370,7 +380,7 @@ pub struct MinutePoint {
 }
 
 /// Per-minute figures per model version since `until − since_ms`
-/// (stream-wide figures under model `-`).
+/// (stream-wide figures under model `-`: every stream line, on arrival).
 pub fn minutes(sink: &mut dyn Sink, since_ms: i64) -> Result<Vec<MinutePoint>, MonitorError> {
     let until = until_ms(sink)?;
     let since = until - since_ms;

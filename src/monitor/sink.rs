@@ -111,6 +111,9 @@ pub struct Checkpoint {
 }
 
 /// Per-minute counters of one (model, arm); `-` for stream-wide rows.
+///
+/// `stream_*` of a `-` row count every stream recommendation line on
+/// arrival; of a model row, the lines matched to that model's answers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MinuteCounts {
     pub answers: i64,
@@ -223,6 +226,30 @@ impl Batch {
             self.minute(e.time_ms, "-", "-").late_events += 1;
             return;
         }
+        if e.kind == "rec" {
+            // Stream-wide availability counts on arrival (per-model figures
+            // wait for the match, a watermark later).
+            let status = e.value;
+            let latency = e.latency_ms.unwrap_or(0);
+            let m = self.minute(e.time_ms, "-", "-");
+            m.stream_requests += 1;
+            if status == 200 && latency >= 0 && latency as u32 <= AVAILABLE_MS {
+                m.stream_ok += 1;
+            }
+            if (500..600).contains(&status) || status == 0 {
+                m.stream_5xx += 1;
+            }
+            if status == 200 {
+                let key = (
+                    minute_of(e.time_ms),
+                    "-".to_string(),
+                    "-".to_string(),
+                    "stream",
+                    bucket_of(f64::from(latency)),
+                );
+                *self.rollups.latency.entry(key).or_default() += 1;
+            }
+        }
         if e.kind == "watch" {
             self.minute(e.time_ms, "-", "-").watches += 1;
             if let Some(m) = &e.movie {
@@ -276,32 +303,20 @@ impl Batch {
         m.continued_20 += i64::from(o.continued_20);
     }
 
+    /// A resolved stream line: per-model figures of the answer it matched
+    /// (stream-wide ones were counted on arrival), or an unlogged answer.
     pub fn roll_match(&mut self, s: &StreamMatch) {
-        let (model, arm) = match &s.served {
-            Some((m, a)) => (m.as_str(), a.as_str()),
-            None => ("-", "-"),
+        let Some((model, arm)) = &s.served else {
+            if s.status == 200 {
+                self.minute(s.time_ms, "-", "-").stream_unlogged += 1;
+            }
+            return;
         };
-        let (model, arm) = (model.to_string(), arm.to_string());
+        let (model, arm) = (model.clone(), arm.clone());
         let m = self.minute(s.time_ms, &model, &arm);
         m.stream_requests += 1;
         if s.status == 200 && s.latency_ms <= AVAILABLE_MS {
             m.stream_ok += 1;
-        }
-        if (500..600).contains(&s.status) || s.status == 0 {
-            m.stream_5xx += 1;
-        }
-        if s.status == 200 && s.served.is_none() {
-            m.stream_unlogged += 1;
-        }
-        if s.status == 200 {
-            let key = (
-                minute_of(s.time_ms),
-                model,
-                arm,
-                "stream",
-                bucket_of(f64::from(s.latency_ms)),
-            );
-            *self.rollups.latency.entry(key).or_default() += 1;
         }
     }
 

@@ -986,7 +986,10 @@ fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 
 fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // Not listening (yet): status 0.
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     write!(
         s,
@@ -1270,4 +1273,251 @@ fn prometheus_and_alertmanager_deliver_a_slack_message_about_a_real_server_under
     }
     assert!(n >= 8, "only {n} PromQL panels");
     drop((prom, am, serve));
+}
+
+// ---------------------------------------------------------------------------
+// `recsys monitor --http`: the dashboard page in headless Chromium, and
+// Slack-format webhooks from the monitor itself.
+
+fn chromium(args: &[&str], profile: &Path) -> std::process::Output {
+    let mut c = tool("chromium", "chromium");
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,1100",
+        "--virtual-time-budget=8000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args);
+    c.output().expect("run chromium")
+}
+
+/// Pixels of the PNG within `tol` of `rgb`.
+fn count_color(png_path: &Path, rgb: (u8, u8, u8), tol: i32) -> (usize, usize) {
+    let f = std::fs::File::open(png_path).expect("screenshot");
+    let mut d = png::Decoder::new(f);
+    d.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut r = d.read_info().expect("png header");
+    let mut buf = vec![0; r.output_buffer_size()];
+    let info = r.next_frame(&mut buf).expect("png frame");
+    let ch = info.color_type.samples();
+    let px = &buf[..info.buffer_size()];
+    let n = px
+        .chunks(ch)
+        .filter(|p| {
+            (i32::from(p[0]) - i32::from(rgb.0)).abs() <= tol
+                && (i32::from(p[1]) - i32::from(rgb.1)).abs() <= tol
+                && (i32::from(p[2]) - i32::from(rgb.2)).abs() <= tol
+        })
+        .count();
+    (n, px.len() / ch)
+}
+
+/// Ten minutes of answers, one a second, each `latency_ms` slow on the
+/// server and in the stream; every `fail_every`-th stream request (when not
+/// 0) is a 504.
+fn steady(from: i64, first_id: u128, latency_ms: u32, fail_every: u64) -> Vec<Msg> {
+    let mut out = Vec::new();
+    for i in 0..600u64 {
+        let t = from + i as i64 * 1000;
+        let user = 1 + i % 40;
+        let items: Vec<String> = (0..20).map(|k| movie((i + k) % 300)).collect();
+        let model = if i % 2 == 0 { "model_v1" } else { "model_v2" };
+        let mut rec = record(
+            first_id + u128::from(i),
+            t,
+            user as i64,
+            items.clone(),
+            model,
+        );
+        rec.latency_us = i64::from(latency_ms) * 1000;
+        out.push(Msg::Request(serde_json::to_string(&rec).expect("json")));
+        let fail = fail_every > 0 && i % fail_every == 0;
+        let line = Event::Recommendation {
+            time_ms: t + i64::from(latency_ms),
+            user,
+            host: "recsys".into(),
+            port: 8082,
+            status: if fail { 504 } else { 200 },
+            items: if fail {
+                Vec::new()
+            } else {
+                items.iter().map(|s| s.clone().into()).collect()
+            },
+            error: fail.then(|| "timeout".into()),
+            latency_ms,
+        }
+        .to_line();
+        out.push(Msg::Stream((user % 2) as i32, line));
+    }
+    out
+}
+
+fn slack_texts(hooks: &std::sync::Mutex<Vec<String>>) -> Vec<String> {
+    hooks
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+        .filter_map(|v| v["text"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn the_dashboard_page_draws_the_stream_per_model_and_alerts_fire_and_resolve_once() {
+    let env = Env::new();
+    let (_cluster, brokers) = cluster(&[("movielog1", 2), ("recsys-requests", 1)]);
+    let mut msgs = generate(6_000, 9);
+    // Keep the last hour's windows open: drop the final ticks. Then ten
+    // minutes of a slow service (450 ms) whose every fifth request times out.
+    msgs.truncate(msgs.len() - 3);
+    msgs.extend(steady(T0 + 300 * MIN, 1_000_000, 450, 5));
+    produce(&brokers, &msgs);
+    let (hook_port, hooks) = webhook_receiver();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let hook = format!("http://127.0.0.1:{hook_port}/hook");
+    let child = spawn_monitor(
+        &env,
+        &brokers,
+        &[],
+        &[
+            "--http",
+            &addr,
+            "--alert-webhook",
+            &hook,
+            "--alert-every",
+            "500ms",
+        ],
+    );
+    let _child = Killed(child);
+    wait_until("the monitor's figures", Duration::from_secs(60), || {
+        let (st, body) = http_get(port, "/api/report");
+        st == 200
+            && serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["by_model"].as_array().map(|a| a.len()))
+                .unwrap_or(0)
+                >= 2
+    });
+    // The service is slow and a fifth of its requests time out: both
+    // alerts fire, once each.
+    let start = Instant::now();
+    while slack_texts(&hooks)
+        .iter()
+        .filter(|t| t.starts_with("[FIRING]"))
+        .count()
+        < 2
+    {
+        if start.elapsed() > Duration::from_secs(60) {
+            panic!(
+                "no two firing alerts: {:?}\nreport of the last 5 minutes: {}\nmonitor log: {}",
+                slack_texts(&hooks),
+                http_get(port, "/api/report?minutes=5").1,
+                std::fs::read_to_string(env.tmp.path().join("monitor.err")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let texts = slack_texts(&hooks);
+    let firing: Vec<&String> = texts.iter().filter(|t| t.starts_with("[FIRING]")).collect();
+    assert_eq!(firing.len(), 2, "no repeats while firing: {texts:?}");
+    assert!(
+        firing.iter().any(|t| t.contains("RecsysLatencyP95High")),
+        "{texts:?}"
+    );
+    assert!(
+        firing.iter().any(|t| t.contains("RecsysAvailabilityLow")),
+        "{texts:?}"
+    );
+    let (st, metrics) = http_get(port, "/metrics");
+    assert_eq!(st, 200);
+    assert!(
+        metrics.contains("recsys_monitor_conversion_rate{model=\"model_v1\",k=\"20\"}"),
+        "{metrics}"
+    );
+
+    // The page: loads with no console errors, fills its table and charts.
+    let profile = tempfile::tempdir().expect("profile");
+    let url = format!("http://{addr}/");
+    let out = chromium(&["--dump-dom", &url], profile.path());
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        dom.contains("data-ready=\"1\""),
+        "the page never loaded its figures:\n{dom}\n{log}"
+    );
+    for bad in ["Uncaught", "CONSOLE(", "Failed to load resource"] {
+        let errs: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(bad) && (bad != "CONSOLE(" || l.contains(":ERROR:")))
+            .collect();
+        assert!(errs.is_empty(), "console errors: {errs:?}");
+    }
+    assert!(
+        dom.contains("<td>model_v1</td>") && dom.contains("<td>model_v2</td>"),
+        "{dom}"
+    );
+    for chart in ["c-answers", "c-avail", "c-lat", "c-conv"] {
+        let tag = dom
+            .split("<canvas ")
+            .find(|t| t.contains(&format!("id=\"{chart}\"")))
+            .unwrap_or_else(|| panic!("no canvas {chart}"));
+        let points: usize = tag
+            .split("data-points=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        assert!(points >= 20, "chart {chart} has {points} points");
+    }
+    let shot = env.tmp.path().join("dashboard.png");
+    let out = chromium(
+        &[&format!("--screenshot={}", shot.display()), &url],
+        profile.path(),
+    );
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both model versions' lines are on the charts (first two palette colours).
+    let (blue, total) = count_color(&shot, (0x1f, 0x77, 0xb4), 12);
+    let (red, _) = count_color(&shot, (0xd6, 0x27, 0x28), 12);
+    assert!(total > 1_000_000, "screenshot of {total} pixels");
+    assert!(
+        blue > 500 && red > 500,
+        "chart lines: {blue} blue, {red} red pixels"
+    );
+
+    // A fast, available service an hour later: both alerts resolve, once.
+    produce(&brokers, &steady(T0 + 6 * 60 * MIN, 5_000_000, 2, 0));
+    wait_until("two resolved alerts", Duration::from_secs(60), || {
+        slack_texts(&hooks)
+            .iter()
+            .filter(|t| t.starts_with("[RESOLVED]"))
+            .count()
+            >= 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let texts = slack_texts(&hooks);
+    assert_eq!(
+        texts.iter().filter(|t| t.starts_with("[RESOLVED]")).count(),
+        2,
+        "{texts:?}"
+    );
+    assert_eq!(
+        texts.iter().filter(|t| t.starts_with("[FIRING]")).count(),
+        2,
+        "{texts:?}"
+    );
 }
