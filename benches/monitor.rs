@@ -20,7 +20,7 @@
 use std::time::Instant;
 
 use recsys::lineage::requests::{RequestRecord, ServedBy};
-use recsys::monitor::sink::{Batch, Checkpoint, Position, Replayed, Sink, Value};
+use recsys::monitor::sink::{Batch, Checkpoint, Offset, Position, Replayed, Sink, Value};
 use recsys::monitor::{JoinConfig, Monitor, MonitorError};
 use recsys::stream::Event;
 
@@ -34,7 +34,7 @@ impl Sink for Null {
     fn describe(&self) -> String {
         "null".into()
     }
-    fn load(&mut self) -> Result<(Checkpoint, Vec<(String, i32, i64)>), MonitorError> {
+    fn load(&mut self) -> Result<(Checkpoint, Vec<Offset>), MonitorError> {
         Ok((Checkpoint::default(), Vec::new()))
     }
     fn replay(&mut self, _: i64, _: &mut dyn FnMut(Replayed)) -> Result<(), MonitorError> {
@@ -62,7 +62,7 @@ impl Lcg {
 
 enum Msg {
     Stream(Vec<u8>),
-    Request(RequestRecord),
+    Request(Box<RequestRecord>),
 }
 
 fn movie(i: u64) -> String {
@@ -90,7 +90,7 @@ fn stream(secs: i64, answers_per_s: u64, events_per_s: u64, mut f: impl FnMut(Ms
             if k % 2 == 1 {
                 served.model = "model_v2".into();
             }
-            f(Msg::Request(RequestRecord {
+            f(Msg::Request(Box::new(RequestRecord {
                 id: uuid::Uuid::from_u128(id).hyphenated().to_string(),
                 time: t + k as i64,
                 user: r.below(10_000) as i64,
@@ -99,7 +99,7 @@ fn stream(secs: i64, answers_per_s: u64, events_per_s: u64, mut f: impl FnMut(Ms
                 status: "ok".into(),
                 latency_us: 2_000 + r.below(300_000) as i64,
                 items: (0..20).map(|_| movie(r.below(5_000))).collect(),
-            }));
+            })));
             id += 1;
         }
         for k in 0..events_per_s {
@@ -126,7 +126,7 @@ fn feed(m: &mut Monitor, secs: i64, aps: u64, eps: u64, flush_every: usize) -> u
         };
         match msg {
             Msg::Stream(b) => m.stream_message(pos, &b),
-            Msg::Request(r) => m.request_record(pos, r),
+            Msg::Request(r) => m.request_record(pos, *r),
         }
         n += 1;
         since += 1;

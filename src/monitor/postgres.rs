@@ -23,8 +23,8 @@ use tokio_postgres::{Client, NoTls};
 
 use super::MonitorError;
 use super::sink::{
-    Batch, Checkpoint, MinuteCounts, REPLAY_SQL, Replayed, SMALL_TABLES, Sink, TABLE_COLUMNS,
-    Value, checkpoint_json, replayed,
+    Batch, Checkpoint, MinuteCounts, Offset, REPLAY_SQL, Replayed, SMALL_TABLES, Sink,
+    TABLE_COLUMNS, Value, checkpoint_json, replayed,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -342,7 +342,7 @@ async fn write_batch(
                         Box::new(a.id.clone()),
                         Box::new(a.user),
                         Box::new(a.model.clone()),
-                        Box::new(rank as i16),
+                        Box::new(rank),
                         Box::new(movie.to_string()),
                     ]
                 })
@@ -586,7 +586,7 @@ impl Sink for PgSink {
         redact(&self.url)
     }
 
-    fn load(&mut self) -> Result<(Checkpoint, Vec<(String, i32, i64)>), MonitorError> {
+    fn load(&mut self) -> Result<(Checkpoint, Vec<Offset>), MonitorError> {
         let (state, offsets) = self.run(async |c| {
             let state = c
                 .query_opt("SELECT state FROM mon_checkpoint WHERE id = 1", &[])

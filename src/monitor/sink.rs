@@ -370,13 +370,16 @@ pub enum Replayed {
     Event(EventRow),
 }
 
+/// A stored position: (source, partition, next offset).
+pub type Offset = (String, i32, i64);
+
 /// Where the monitor's tables live.
 pub trait Sink {
     /// A short description for messages (never a password).
     fn describe(&self) -> String;
 
     /// The last committed checkpoint and offsets (defaults when new).
-    fn load(&mut self) -> Result<(Checkpoint, Vec<(String, i32, i64)>), super::MonitorError>;
+    fn load(&mut self) -> Result<(Checkpoint, Vec<Offset>), super::MonitorError>;
 
     /// The stored non-late answers, watches and rec lines with event time
     /// at or after `from_ms`, in the order they were read (by `seq`).

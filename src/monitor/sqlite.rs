@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::MonitorError;
 use super::sink::{
-    Batch, Checkpoint, REPLAY_SQL, Replayed, SMALL_TABLES, Sink, TABLE_COLUMNS, Value,
+    Batch, Checkpoint, Offset, REPLAY_SQL, Replayed, SMALL_TABLES, Sink, TABLE_COLUMNS, Value,
     checkpoint_json, minute_upsert, replayed, sqlite_placeholders,
 };
 
@@ -66,7 +66,7 @@ impl Sink for SqliteSink {
         format!("sqlite:{}", self.path.display())
     }
 
-    fn load(&mut self) -> Result<(Checkpoint, Vec<(String, i32, i64)>), MonitorError> {
+    fn load(&mut self) -> Result<(Checkpoint, Vec<Offset>), MonitorError> {
         let state: Option<String> = self
             .conn
             .query_row("SELECT state FROM mon_checkpoint WHERE id = 1", [], |r| {

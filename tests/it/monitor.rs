@@ -111,7 +111,7 @@ fn generate(n: usize, seed: u64) -> Vec<Msg> {
         };
         match r.below(20) {
             0 => {
-                let model = if user % 2 == 0 {
+                let model = if user.is_multiple_of(2) {
                     "model_v1"
                 } else {
                     "model_v2"
