@@ -764,6 +764,46 @@ fn requests_from_follows_local_segments_and_report_json_has_the_keys_scripts_use
     assert_eq!(conv[0].1, 1, "user 5 watched b within the hour");
     assert_eq!(conv[1].1, 0);
 
+    // The segment closes into the store (as `recsys serve` closes it) and a
+    // new one opens: the closed one is read from its object, never twice.
+    let bytes = std::fs::read(&seg).expect("segment");
+    let digest = recsys::store::Digest::of(&bytes);
+    let hex = digest.hex();
+    let obj = env.path(&format!("store/{}/{}", &hex[..2], &hex[2..]));
+    std::fs::create_dir_all(obj.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&obj, &bytes).expect("object");
+    std::fs::remove_file(&seg).expect("rm open segment");
+    let lineage = recsys::lineage::LineageDb::open(&env.path("lineage.db")).expect("lineage");
+    lineage
+        .close_segment(
+            &recsys::lineage::requests::SegmentRef {
+                name: "seg-test",
+                host: "h",
+                opened: T0,
+            },
+            T0 + 3 * MIN,
+            &hex,
+        )
+        .expect("close segment");
+    drop(lineage);
+    env.write(
+        "log/requests/open-seg-test2.jsonl",
+        format!(
+            "{}\n{}\n{}\n",
+            SEG_HEADER.replace("seg-test", "seg-test2"),
+            served_line(),
+            seg_request(4, T0 + 3 * 60 * MIN, 8, &["e+1999"]),
+        ),
+    );
+    produce(&brokers, &[w(T0 + 5 * 60 * MIN, 8, "e+1999")]);
+    run(&["--stop-when-idle"]);
+    assert_eq!(scalar(db.as_mut(), "SELECT count(*) FROM mon_answers"), 4);
+    assert_eq!(
+        scalar(db.as_mut(), "SELECT count(DISTINCT id) FROM mon_answers"),
+        4,
+        "no answer stored twice"
+    );
+
     let rep = env.json(&["monitor", "report", "--since", "24h", "--json"]);
     let by = rep["by_model"].as_array().expect("by_model");
     let v1 = by
@@ -783,8 +823,8 @@ fn requests_from_follows_local_segments_and_report_json_has_the_keys_scripts_use
     ] {
         assert!(v1.get(key).is_some(), "by_model lacks {key}: {v1}");
     }
-    assert_eq!(v1["answers"], 3);
-    assert_eq!(v1["users"], 3);
+    assert_eq!(v1["answers"], 4);
+    assert_eq!(v1["users"], 4);
     assert_eq!(v1["converted_20"], 1);
     assert_eq!(v1["users_converted_20"], 1);
     assert_eq!(v1["latency_p95_ms"], 450.0);
