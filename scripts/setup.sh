@@ -25,6 +25,28 @@ if ((${#need[@]})); then
   RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# Monitoring tests (tests/it/monitor.rs) run the real tools: Prometheus and
+# promtool, Alertmanager and amtool (installed with apt, not unpacked: it
+# loads its default template from /usr/share), headless Chromium for the
+# dashboard page, psql for the panel queries. None is started as a service.
+monitoring=()
+for pkg in prometheus prometheus-alertmanager chromium postgresql-client; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || monitoring+=("$pkg")
+done
+if ((${#monitoring[@]})); then
+  echo "setup: installing ${monitoring[*]} (monitoring tests)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${monitoring[@]}" >/dev/null
+  # Debian starts the daemons it installs where it can; the tests start
+  # their own on loopback ports.
+  for svc in prometheus prometheus-alertmanager prometheus-node-exporter; do
+    if command -v systemctl >/dev/null && systemctl is-active -q "$svc" 2>/dev/null; then
+      systemctl stop "$svc" || true
+    fi
+  done
+fi
+
 command -v cargo >/dev/null || {
   echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2
   exit 1

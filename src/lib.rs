@@ -10,6 +10,7 @@ pub mod failpoint;
 pub mod ingest;
 pub mod lineage;
 pub mod model;
+pub mod monitor;
 pub mod movielens;
 pub mod paths;
 pub mod pipeline;

@@ -29,6 +29,7 @@ mod ingest;
 mod init;
 mod lineage;
 mod ls;
+mod monitor;
 mod pipeline;
 mod remote;
 mod replay;
@@ -92,6 +93,7 @@ enum Command {
     Pipeline(pipeline::Args),
     Serve(serve::Args),
     Config(config::Args),
+    Monitor(monitor::Args),
 }
 
 /// What every subcommand gets.
@@ -294,6 +296,7 @@ pub fn main() -> ExitCode {
         Command::Pipeline(a) => pipeline::run(a, &ctx),
         Command::Serve(a) => serve::run(a, &ctx),
         Command::Config(a) => config::run(a, &ctx),
+        Command::Monitor(a) => monitor::run(a, &ctx),
     };
     // A status line that could not be written fails the command too.
     let res = match (res, take_stdout_error()) {

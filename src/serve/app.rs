@@ -358,7 +358,15 @@ async fn recommend(
     };
     let elapsed = start.elapsed();
     served.counters.answered.inc();
-    st.metrics.latency.observe(elapsed.as_secs_f64());
+    let exemplar = id_header
+        .to_str()
+        .ok()
+        .map(|id| super::metrics::RequestIdLabel {
+            request_id: id.to_string(),
+        });
+    st.metrics
+        .latency
+        .observe(elapsed.as_secs_f64(), exemplar, None);
     if let Some(log) = &st.log {
         log.log(LogEvent {
             id,

@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,6 +23,21 @@ struct FallbackLabels {
     model: String,
     reason: String,
 }
+
+/// The exemplar on a latency bucket: the request it came from, so a slow
+/// bucket in Prometheus leads to `recsys lineage <request_id>`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestIdLabel {
+    pub request_id: String,
+}
+
+/// Latency bucket bounds (seconds). 0.4 is one of them exactly, so "share
+/// of answers slower than 400 ms" needs no interpolation; 0.6 is the
+/// serving contract's limit.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5,
+    0.6, 1.0,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -43,7 +58,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
-    pub latency: Histogram,
+    pub latency: HistogramWithExemplars<RequestIdLabel>,
     pub log_dropped: Counter,
     pub log_written: Counter,
     pub log_errors: Counter,
@@ -124,8 +139,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("recsys");
         let requests = Family::<RequestLabels, Counter>::default();
         let fallbacks = Family::<FallbackLabels, Counter>::default();
-        // 50 µs .. ~0.8 s
-        let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 15));
+        let latency = HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter());
         let log_dropped = Counter::default();
         let log_written = Counter::default();
         let log_errors = Counter::default();
@@ -155,7 +169,7 @@ impl Metrics {
         );
         registry.register(
             "request_duration_seconds",
-            "Time to answer /recommend, from routing to response body",
+            "Time to answer /recommend, from routing to response body (exemplar: request_id)",
             latency.clone(),
         );
         registry.register(
@@ -362,5 +376,33 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_has_a_bucket_at_0_4_s_with_request_id_exemplars() {
+        let m = Metrics::new();
+        let id = "0190f5a4-0000-7000-8000-000000000001";
+        m.latency.observe(
+            0.35,
+            Some(RequestIdLabel {
+                request_id: id.into(),
+            }),
+            None,
+        );
+        let t = m.encode();
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("recsys_request_duration_seconds_bucket{le=\"0.4\"}"))
+            .unwrap_or_else(|| panic!("no 0.4 s bucket in {t}"));
+        assert!(
+            line.contains(&format!("# {{request_id=\"{id}\"}} 0.35")),
+            "{line}"
+        );
+        assert!(t.contains("le=\"0.6\""), "{t}");
     }
 }
