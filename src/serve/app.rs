@@ -358,12 +358,9 @@ async fn recommend(
     };
     let elapsed = start.elapsed();
     served.counters.answered.inc();
-    let exemplar = id_header
-        .to_str()
-        .ok()
-        .map(|id| super::metrics::RequestIdLabel {
-            request_id: id.to_string(),
-        });
+    let exemplar = Some(super::metrics::RequestIdLabel {
+        request_id: id.hyphenated().to_string(),
+    });
     st.metrics
         .latency
         .observe(elapsed.as_secs_f64(), exemplar, None);
