@@ -6,5 +6,6 @@
 mod common;
 mod ingest;
 mod pipeline;
+mod provenance;
 mod serve;
 mod store;
