@@ -77,20 +77,9 @@ impl Workspace {
             ..GcReport::default()
         };
         for d in self.store.list()? {
-            if keep.contains(&d) {
+            if let Some(why) = keep.why(&d) {
                 report.kept_objects += 1;
-                continue;
-            }
-            report.removed_bytes += self.store.size_of(&d).unwrap_or(0);
-            report.removed_objects += 1;
-            report.removed.push(d);
-            if !opts.dry_run {
-                self.store.remove(&d)?;
-            }
-        }
-        if opts.dry_run {
-            for (d, why) in keep.iter() {
-                if self.store.contains(&d)? {
+                if opts.dry_run {
                     report.kept.push(KeptObject {
                         digest: d,
                         root: why.root.clone(),
@@ -98,6 +87,13 @@ impl Workspace {
                         via: why.via,
                     });
                 }
+                continue;
+            }
+            report.removed_bytes += self.store.size_of(&d).unwrap_or(0);
+            report.removed_objects += 1;
+            report.removed.push(d);
+            if !opts.dry_run {
+                self.store.remove(&d)?;
             }
         }
         for (p, _) in self.store.temp_files()? {
