@@ -12,7 +12,9 @@ use super::{Ctx, bytes, date, short};
 /// exact bytes. `--user U --at TIME` finds the request behind a
 /// recommendation line of the event stream. `--rebuild` recreates
 /// lineage.db's index from the run records in the store and the pointer
-/// files in every commit.
+/// files in every commit, and the request index from every request-log
+/// segment in the store; a lineage.db SQLite finds damaged is set aside as
+/// lineage.db.corrupt-<time> first (run it while no server is logging).
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  recsys lineage dataset_3\n  recsys lineage models/model_v2.bin --json\n  recsys lineage 01890a5d-ac96-774b-bcce-b302099a8057\n  recsys lineage --user 42 --at 2026-01-02T03:04:05.123\n  recsys lineage --rebuild"
@@ -27,7 +29,7 @@ pub struct Args {
     /// When it was served: ISO-8601 (UTC, as in the event stream) or Unix ms.
     #[arg(long, requires = "user")]
     at: Option<String>,
-    /// Rebuild the index from run records and pointer files.
+    /// Rebuild the index from run records, pointer files and request-log segments.
     #[arg(long, conflicts_with = "what")]
     rebuild: bool,
     #[arg(long)]
@@ -35,18 +37,28 @@ pub struct Args {
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let mut ws = ctx.open()?;
     if a.rebuild {
-        let r = ws.rebuild_lineage()?;
+        let (mut ws, aside) =
+            crate::workspace::Workspace::discover_for_rebuild(&ctx.dir, ctx.settings.clone())?;
+        let mut r = ws.rebuild_lineage()?;
+        if let Some(p) = aside {
+            r.set_aside = Some(p.display().to_string());
+        }
+        if let Some(p) = &r.set_aside {
+            eprintln!("lineage.db was damaged: set aside as {p}");
+        }
         if a.json {
             super::print_json(&r)?;
         } else {
             ctx.say(format!(
-                "rebuilt lineage.db: {} run(s), {} artifact version(s)",
-                r.runs_indexed, r.artifacts
+                "rebuilt lineage.db: {} run(s), {} artifact version(s), {} request(s) from {} request-log segment(s)",
+                r.runs_indexed, r.artifacts, r.requests_indexed, r.segments_indexed
             ));
             for m in &r.missing_run_records {
                 eprintln!("missing run record: {m}");
+            }
+            for b in &r.bad_segments {
+                eprintln!("unreadable request-log segment: {b}");
             }
             for c in &r.conflicts {
                 eprintln!("conflict: {c}");
@@ -58,6 +70,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         });
     }
+    let ws = ctx.open()?;
     if let (Some(user), Some(at)) = (a.user, &a.at) {
         let at_ms = super::parse_now(at).ok_or_else(|| {
             anyhow::anyhow!("--at {at:?} is neither an ISO-8601 time nor Unix milliseconds")

@@ -7,9 +7,12 @@ use crate::workspace::{CheckoutOptions, PullReport};
 
 /// Upload missing objects (and run records) to a remote.
 ///
-/// Only objects the remote lacks are sent, in parallel; the remote checks
-/// each object's digest as it arrives. An interrupted push, rerun, sends
-/// only what is still missing.
+/// Sends what gc keeps (one definition): what the pointer files name, with
+/// their run records, all lineage (run records, request-log segments) and,
+/// without paths, every model, dataset and config that answered a logged
+/// request, retired ones included. Only objects the remote lacks are sent,
+/// in parallel; the remote checks each object's digest as it arrives. An
+/// interrupted push, rerun, sends only what is still missing.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  recsys push\n  recsys push data/ratings.csv -r backup")]
 pub struct PushArgs {
@@ -24,6 +27,9 @@ pub struct PushArgs {
 
 /// Download missing objects (and run records) from a remote into the store.
 ///
+/// Brings what the pointer files name, every run record and request-log
+/// segment the remote's index lists, and, without paths or --rev, what
+/// those segments name (the models, datasets and configs that answered).
 /// Every object is verified as it arrives. Run records are indexed into
 /// lineage.db; a version name that arrives for other bytes than it has
 /// here is reported as a conflict (exit 1), never merged.

@@ -115,6 +115,25 @@ impl Git {
         Ok(out)
     }
 
+    /// Whether git tracks `rel` (relative to the project root) as a
+    /// symlink, in the index or in HEAD's tree: such a link came with
+    /// someone's commit.
+    pub fn tracks_symlink(&self, rel: &str) -> Result<bool> {
+        const LINK: u32 = 0o120000;
+        let path = self.prefix.join(rel);
+        let index = self.repo.index().map_err(gerr)?;
+        if index.get_path(&path, 0).is_some_and(|e| e.mode == LINK) {
+            return Ok(true);
+        }
+        Ok(self
+            .repo
+            .head()
+            .ok()
+            .and_then(|h| h.peel_to_tree().ok())
+            .and_then(|t| t.get_path(&path).ok())
+            .is_some_and(|e| e.filemode() as u32 == LINK))
+    }
+
     /// Every commit reachable from any reference.
     pub fn all_commits(&self) -> Result<Vec<String>> {
         let mut walk = self.repo.revwalk().map_err(gerr)?;

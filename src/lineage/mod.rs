@@ -29,8 +29,19 @@ pub enum LineageError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(
+        "lineage database {path} is damaged (SQLite: {detail}); `recsys lineage --rebuild` \
+         sets it aside and rebuilds it from the run records and request-log segments in the store"
+    )]
+    Corrupt { path: PathBuf, detail: String },
     #[error("lineage database {path} has schema {found}; this recsys knows up to {SCHEMA_VERSION}")]
     Schema { path: PathBuf, found: i64 },
+    #[error("set aside the damaged lineage database {path}: {source}")]
+    SetAside {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("git: {0}")]
     Git(String),
     #[error("request log segment {label}: {reason}")]
@@ -74,24 +85,74 @@ pub struct LineageDb {
 }
 
 impl LineageDb {
+    /// Open (creating if needed). A file SQLite finds damaged — not a
+    /// database, or malformed, e.g. cut short — is [`LineageError::Corrupt`]
+    /// and left as it is: [`LineageDb::set_aside`] keeps it for inspection.
     pub fn open(path: &Path) -> Result<LineageDb> {
-        let conn = Connection::open(path).map_err(|source| LineageError::Db {
-            path: path.into(),
-            source,
-        })?;
+        let conn = Connection::open(path).map_err(|source| db_err(path, source))?;
         let db = LineageDb {
             path: path.into(),
             conn,
         };
         db.migrate()?;
+        // The schema's pages are read here; a file cut short fails now,
+        // not in the middle of some later command.
+        db.conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(|e| db.err(e))?;
+        Ok(db)
+    }
+
+    /// Move a damaged database (and its WAL and shared-memory files) aside
+    /// as `<name>.corrupt-<ms>` so a new one can be built; returns the new
+    /// name of the database file.
+    pub fn set_aside(path: &Path, now_ms: i64) -> Result<PathBuf> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        // Never over an earlier set-aside copy.
+        let mut stem = format!("{name}.corrupt-{now_ms}");
+        let mut n = 1;
+        while path.with_file_name(&stem).exists() {
+            stem = format!("{name}.corrupt-{now_ms}-{n}");
+            n += 1;
+        }
+        let aside = path.with_file_name(&stem);
+        let io = |source: std::io::Error| LineageError::SetAside {
+            path: path.to_path_buf(),
+            source,
+        };
+        for suffix in ["-wal", "-shm"] {
+            let from = path.with_file_name(format!("{name}{suffix}"));
+            let to = path.with_file_name(format!("{stem}{suffix}"));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        std::fs::rename(path, &aside).map_err(io)?;
+        Ok(aside)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// An empty index in memory (a placeholder while the file is replaced).
+    pub(crate) fn in_memory() -> Result<LineageDb> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(|e| db_err(&path, e))?;
+        let db = LineageDb { path, conn };
+        db.migrate()?;
         Ok(db)
     }
 
     fn err(&self, source: rusqlite::Error) -> LineageError {
-        LineageError::Db {
-            path: self.path.clone(),
-            source,
-        }
+        db_err(&self.path, source)
     }
 
     fn migrate(&self) -> Result<()> {
@@ -338,11 +399,26 @@ impl LineageDb {
 
     /// Drop every row that can be rebuilt from run records.
     pub fn clear_index(&mut self) -> Result<()> {
-        self.conn
-            .execute_batch(
-                "BEGIN; DELETE FROM edges; DELETE FROM artifacts; DELETE FROM runs; COMMIT;",
-            )
-            .map_err(|e| self.err(e))
+        self.write_txn(|tx| {
+            tx.tx
+                .execute_batch("DELETE FROM edges; DELETE FROM artifacts; DELETE FROM runs;")
+                .map_err(|e| tx.err(e))
+        })
+    }
+}
+
+/// A database error, told apart when it means the file is damaged.
+fn db_err(path: &Path, source: rusqlite::Error) -> LineageError {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match source.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) => LineageError::Corrupt {
+            path: path.into(),
+            detail: source.to_string(),
+        },
+        _ => LineageError::Db {
+            path: path.into(),
+            source,
+        },
     }
 }
 
@@ -422,10 +498,7 @@ pub struct Txn<'a> {
 
 impl Txn<'_> {
     fn err(&self, source: rusqlite::Error) -> LineageError {
-        LineageError::Db {
-            path: self.path.into(),
-            source,
-        }
+        db_err(self.path, source)
     }
 
     /// Highest number used in `<prefix><n>` names in the index.

@@ -523,6 +523,148 @@ pub fn parse_segment(label: &str, bytes: &[u8]) -> Result<ParsedSegment, Lineage
     })
 }
 
+/// What a segment names: its header and every distinct served-by (model,
+/// dataset, train run, code, config) its requests were answered by. Format
+/// 2 defines each once, so only those lines are parsed; a format-1 segment
+/// is read whole. A torn or unreadable request line names nothing new.
+pub fn served_in_segment(
+    label: &str,
+    bytes: &[u8],
+) -> Result<(SegmentHeader, Vec<ServedBy>), LineageError> {
+    let bad = |reason: String| LineageError::BadSegment {
+        label: label.to_string(),
+        reason,
+    };
+    if !bytes.starts_with(SEGMENT_MAGIC) {
+        return Err(bad("does not start with a segment header".into()));
+    }
+    let mut lines = bytes.split(|b| *b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    let header: SegmentHeader =
+        serde_json::from_slice(first).map_err(|e| bad(format!("header: {e}")))?;
+    let format = header.recsys_log_segment;
+    if !(1..=SEGMENT_FORMAT).contains(&format) {
+        return Err(bad(format!(
+            "format {format} is not supported (this recsys reads 1 to {SEGMENT_FORMAT})"
+        )));
+    }
+    let mut out: Vec<ServedBy> = Vec::new();
+    for line in lines {
+        let by = if format == 1 {
+            if line.is_empty() || line.starts_with(b"{\"recsys_log_dropped\"") {
+                continue;
+            }
+            match serde_json::from_slice::<RequestRecord>(line) {
+                Ok(r) => r.served,
+                Err(_) => continue,
+            }
+        } else if line.starts_with(b"{\"recsys_served\"") {
+            match serde_json::from_slice::<ServedLine>(line) {
+                Ok(d) => d.by,
+                Err(_) => continue,
+            }
+        } else {
+            continue;
+        };
+        if !out.contains(&by) {
+            out.push(by);
+        }
+    }
+    Ok((header, out))
+}
+
+impl LineageDb {
+    /// Every segment with the number of requests the index holds for it,
+    /// and the number of requests whose segment row is gone. One scan of
+    /// the requests (they are not indexed by segment).
+    pub fn segment_request_counts(&self) -> Result<(Vec<(SegmentRow, u64)>, u64)> {
+        let mut counts: HashMap<i64, u64> = HashMap::new();
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT segment, count(*) FROM requests GROUP BY segment")
+                .map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                let (seg, n) = row.map_err(|e| self.err(e))?;
+                counts.insert(seg, n);
+            }
+        }
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, name, host, opened, closed, digest FROM segments ORDER BY opened, name",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    SegmentRow {
+                        name: r.get(1)?,
+                        host: r.get(2)?,
+                        opened: r.get(3)?,
+                        closed: r.get(4)?,
+                        digest: r.get(5)?,
+                    },
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, seg) = row.map_err(|e| self.err(e))?;
+            out.push((seg, counts.remove(&id).unwrap_or(0)));
+        }
+        Ok((out, counts.values().sum()))
+    }
+
+    /// The request ids the index holds for segment `name`.
+    pub fn request_ids_of_segment(&self, name: &str) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT r.id FROM requests r JOIN segments s ON s.id = r.segment
+                 WHERE s.name = ?1 ORDER BY r.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([name], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Drop the whole request index (segments, served-by, requests): it is
+    /// rebuilt from the segments.
+    pub fn clear_requests(&self) -> Result<()> {
+        self.write_txn(|tx| {
+            tx.tx
+                .execute_batch("DELETE FROM requests; DELETE FROM served; DELETE FROM segments;")
+                .map_err(|e| tx.err(e))
+        })
+    }
+
+    /// Every distinct served-by the request index holds.
+    pub fn served_all(&self) -> Result<Vec<ServedBy>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT model, model_digest, dataset, dataset_digest, train_run,
+                        code_commit, config_digest FROM served ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| served_by(r, 0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+}
+
 /// Index a parsed segment's requests, replacing whatever rows it had, and
 /// mark it closed as `digest` when given.
 pub fn index_segment(
@@ -668,6 +810,11 @@ mod tests {
         );
         let p1 = parse_segment("one", one.as_bytes()).expect("format 1");
         let p2 = parse_segment("two", two.as_bytes()).expect("format 2");
+        // What each names, for the keep-set: the one served-by, either way.
+        for text in [&one, &two] {
+            let (h, named) = served_in_segment("s", text.as_bytes()).expect("served");
+            assert_eq!((h.name.as_str(), named), ("s", vec![by.clone()]));
+        }
         assert_eq!(p1.records, p2.records);
         assert_eq!(p2.records.len(), 1);
         assert_eq!(p2.records[0].served, by);

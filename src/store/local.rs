@@ -498,6 +498,8 @@ struct Pending {
     /// file to hard-link into place.
     path: PathBuf,
     digest: Digest,
+    /// For a hard-linked work-tree file: its stamp when it was hashed,
+    /// checked again just before it is linked.
     stamp: Option<Stamp>,
     /// For a hard-linked work-tree file: its mode before it was made
     /// read-only, restored if the batch is abandoned.
@@ -506,8 +508,8 @@ struct Pending {
 
 struct LocalWriter<'a> {
     store: &'a LocalStore,
-    /// The batch's objects, with stat stamps taken before publishing (a
-    /// rename or link keeps size, mtime and inode).
+    /// The batch's objects. Their stamps are taken after publishing: a
+    /// rename or link changes the change time.
     pending: Mutex<Vec<Pending>>,
     /// The store's filesystem, asked once per batch by `put_link`.
     store_dev: std::sync::OnceLock<u64>,
@@ -570,12 +572,6 @@ impl Writer for LocalWriter<'_> {
     ) -> Result<(Digest, u64)> {
         let (tmp, mut f) = self.store.new_temp()?;
         let res = self.write_temp(src, &tmp, &mut f, progress);
-        // Stamps are kept only by a store with a state database (the
-        // project's own, not a remote).
-        let stamp = match self.store.state {
-            Some(_) => f.metadata().ok().map(|m| Stamp::of(&m)),
-            None => None,
-        };
         drop(f);
         let (d, n) = match res {
             Ok(v) => v,
@@ -601,7 +597,7 @@ impl Writer for LocalWriter<'_> {
             p.push(Pending {
                 path: tmp,
                 digest: d,
-                stamp,
+                stamp: None,
                 linked: None,
             });
         }
@@ -636,9 +632,25 @@ impl Writer for LocalWriter<'_> {
             let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
         };
         let hashed = (|| -> Result<(Digest, fs::Metadata)> {
+            // Stamped after the chmod (which moves the change time).
+            let locked = fs::symlink_metadata(path).ctx("stat", path)?;
+            let unmoved = Stamp {
+                ctime_ns: 0,
+                ..Stamp::of(&locked)
+            } == Stamp {
+                ctime_ns: 0,
+                ..Stamp::of(&before)
+            };
+            if !unmoved {
+                return Err(StoreError::Io {
+                    op: "add",
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other("the file changed while it was being added"),
+                });
+            }
             let d = hash_file(path)?;
             let after = fs::symlink_metadata(path).ctx("stat", path)?;
-            if Stamp::of(&after) != Stamp::of(&before) {
+            if Stamp::of(&after) != Stamp::of(&locked) {
                 return Err(StoreError::Io {
                     op: "add",
                     path: path.to_path_buf(),
@@ -713,6 +725,16 @@ impl Writer for LocalWriter<'_> {
             let published = match p.linked {
                 None => rename_new(&p.path, &dst)?,
                 Some(mode) => {
+                    // Still the bytes that were hashed: made read-only then,
+                    // and its stamp (change time included) has not moved.
+                    let now = fs::symlink_metadata(&p.path).ctx("stat", &p.path)?;
+                    if Some(Stamp::of(&now)) != p.stamp {
+                        return Err(StoreError::Io {
+                            op: "add",
+                            path: p.path.clone(),
+                            source: std::io::Error::other("the file changed after it was hashed"),
+                        });
+                    }
                     let new = link_new(&p.path, &dst)?;
                     if !new {
                         fs::set_permissions(&p.path, fs::Permissions::from_mode(mode))
@@ -722,8 +744,11 @@ impl Writer for LocalWriter<'_> {
                 }
             };
             if published {
-                if let Some(st) = p.stamp {
-                    stamps.push((*d, st));
+                // Stamps are kept only by a store with a state database
+                // (the project's own, not a remote).
+                if self.store.state.is_some() {
+                    let m = fs::symlink_metadata(&dst).ctx("stat object", &dst)?;
+                    stamps.push((*d, Stamp::of(&m)));
                 }
             } else if p.linked.is_none() {
                 fs::remove_file(&p.path).ctx("remove temp", &p.path)?;
@@ -828,7 +853,7 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o444);
         assert_eq!(store.get(&da).expect("get").as_deref(), Some(&b"same"[..]));
         assert!(store.temp_files().expect("temp").is_empty());
-        // Stamps taken from the open temp file match the published object.
+        // Stamps taken after publishing match the published object.
         let path = store.verified_path(&da).expect("verified");
         assert_eq!(path, store.object_path(&da));
         let stamps = store.state().expect("state");

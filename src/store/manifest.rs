@@ -9,9 +9,11 @@
 //! A manifest read from a store is untrusted: every path is checked.
 
 use super::{Digest, Result, StoreError};
-use crate::paths::check_relative;
+use crate::paths::{check_not_owned, check_relative};
 
 const HEADER: &str = "recsys-manifest 1";
+/// The first bytes of every manifest object (its header line).
+pub const MAGIC: &[u8] = b"recsys-manifest 1\n";
 
 /// `<digest> <size> <mode octal> <path>\n`, written without the
 /// formatting machinery (a manifest of 20,000 files is built on every
@@ -118,6 +120,9 @@ impl Manifest {
                 .filter(|m| *m == 0o644 || *m == 0o755)
                 .ok_or_else(|| bad(n, format!("bad mode {mode:?} (want 644 or 755)")))?;
             check_relative(path).map_err(|e| bad(n, e.to_string()))?;
+            // Checked out, such a file would become git's or recsys's own
+            // (`.git/config`, a `.gitignore`, a pointer file).
+            check_not_owned(path, false).map_err(|e| bad(n, e.to_string()))?;
             if let Some(prev) = entries.last() {
                 if prev.path.as_str() >= path {
                     return Err(bad(n, "paths are not strictly sorted".into()));
@@ -155,6 +160,10 @@ mod tests {
 
     #[test]
     fn round_trip_sorted() {
+        // Root-only names are ordinary inside a directory.
+        let m = Manifest::new(vec![e("b/c"), e("a"), e("store"), e("log/x")]);
+        let b = m.to_bytes();
+        assert_eq!(Manifest::parse(&Digest::of(&b), &b).unwrap(), m);
         let m = Manifest::new(vec![e("b/c"), e("a")]);
         assert_eq!(m.entries[0].path, "a");
         let b = m.to_bytes();
@@ -181,6 +190,19 @@ mod tests {
                 "inside the file",
             ),
             (format!("{HEADER}\n{good} 3\n"), "want"),
+            (
+                format!("{HEADER}\n{good} 3 644 .git/config\n"),
+                "belongs to git",
+            ),
+            (
+                format!("{HEADER}\n{good} 3 644 sub/.git\n"),
+                "belongs to git",
+            ),
+            (
+                format!("{HEADER}\n{good} 3 644 a/.gitignore\n"),
+                "belongs to git",
+            ),
+            (format!("{HEADER}\n{good} 3 644 b.recsys\n"), "pointer file"),
         ] {
             let err = Manifest::parse(&d, text.as_bytes())
                 .unwrap_err()

@@ -215,6 +215,11 @@ impl Workspace {
                 )));
             }
         }
+        // Held until the pointer files are written: until then nothing but
+        // this process names the new objects, and `gc` (which takes the
+        // lock exclusively) must not see them unnamed. The writer's own
+        // lock is let go at its commit, before the pointers exist.
+        let _named = self.store.lock(false)?;
         let used = if outputs.is_empty() {
             HashMap::new()
         } else {
@@ -227,6 +232,11 @@ impl Workspace {
         }
         if spec.kind == "add" && staged.iter().all(Staged::unchanged) {
             writer.commit()?;
+            if hardlink {
+                for s in &mut staged {
+                    self.restamp_linked(&mut s.scan)?;
+                }
+            }
             let mut out = Vec::new();
             for s in &staged {
                 let p = s.existing.as_ref();
@@ -317,6 +327,11 @@ impl Workspace {
                 tx.index_run(&run_id, &record, "this project")?;
                 Ok((names, run_id))
             })?;
+        if hardlink {
+            for s in &mut staged {
+                self.restamp_linked(&mut s.scan)?;
+            }
+        }
         let mut out = Vec::new();
         for (s, name) in staged.iter().zip(names) {
             out.push(self.finish_output(s, name, Some(run_id), true)?);
@@ -339,6 +354,7 @@ impl Workspace {
             )));
         }
         let ptr_rel = format!("{art_rel}{EXT}");
+        self.check_writable(&ptr_rel)?;
         let existing = if self.root.join(&ptr_rel).exists() {
             Some(self.read_pointer(&ptr_rel)?.0)
         } else {

@@ -137,12 +137,7 @@ impl Workspace {
         progress: &dyn Progress,
     ) -> Result<CheckedOut> {
         let abs = self.root.join(art_rel);
-        crate::paths::check_no_symlink_ancestors(&self.root, &abs).map_err(|source| {
-            WorkspaceError::Path {
-                path: art_rel.into(),
-                source,
-            }
-        })?;
+        self.check_writable(art_rel)?;
         let parent = abs.parent().unwrap_or(&self.root).to_path_buf();
         let fname = abs
             .file_name()

@@ -1,20 +1,51 @@
-//! `recsys gc`: remove objects nothing references, and leftover temp files.
+//! `recsys gc`: remove the objects the keep-set ([`Workspace::roots`]) does
+//! not name, and leftover temp files.
 //!
-//! Kept: every object a pointer file names (in the work tree, or in any
-//! commit with `all_commits`), the files of those directory manifests, and
-//! all lineage — run records and request-log segments are never collected,
-//! so history stays explainable even after its data is gone locally (it can
-//! be pulled again from a remote).
+//! Everything a root names stays: pointer files' artifacts (and run
+//! records, and their outputs), what the request log names (models,
+//! datasets, configs, runs), all lineage (run records and segments), and
+//! anything changed within the grace period. A keep-set with a problem (a
+//! pointer file that cannot be read, a damaged manifest) removes nothing:
+//! what it would name is unknown.
 
-use std::collections::HashSet;
 use std::fs;
+use std::time::Duration;
 
-use super::{Result, Workspace};
-use crate::lineage::run::RUN_MAGIC;
+use super::{Result, Role, Root, RootOptions, Workspace, WorkspaceError};
 use crate::store::{Digest, ObjectStore};
 
 /// Request-log segments (serving) start with this line.
 pub const SEGMENT_MAGIC: &[u8] = b"{\"recsys_log_segment\":";
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    pub dry_run: bool,
+    /// Keep everything any git commit's pointer files name.
+    pub all_commits: bool,
+    /// Keep objects changed less than this long ago.
+    pub grace: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            all_commits: false,
+            grace: super::GRACE,
+        }
+    }
+}
+
+/// A kept object and why (in a dry run's report).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeptObject {
+    pub digest: Digest,
+    #[serde(flatten)]
+    pub root: Root,
+    pub role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<Digest>,
+}
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct GcReport {
@@ -25,68 +56,53 @@ pub struct GcReport {
     pub kept_objects: usize,
     /// Digests removed (or that would be, on a dry run).
     pub removed: Vec<Digest>,
+    /// On a dry run: every object kept, with the root that keeps it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<KeptObject>,
 }
 
 impl Workspace {
-    pub fn gc(&self, dry_run: bool, all_commits: bool) -> Result<GcReport> {
-        // Exclusive: no writer is mid-batch while we look at temp files.
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        // Exclusive: no writer is mid-batch, and none has stored objects it
+        // has not named yet (`record_run` holds the lock shared until its
+        // pointer files are written).
         let _lock = self.store.lock(true)?;
-        let mut keep: HashSet<Digest> = HashSet::new();
-        let mut pointers = Vec::new();
-        for rel in self.pointer_files()? {
-            let (p, _) = self.read_pointer(&rel)?;
-            pointers.push(p);
+        let keep = self.roots(&RootOptions::gc(opts.all_commits, opts.grace))?;
+        if !keep.problems().is_empty() {
+            let list: Vec<String> = keep.problems().iter().map(|p| p.to_string()).collect();
+            return Err(WorkspaceError::UnsureWhatToKeep(list.join("\n  ")));
         }
-        if all_commits && let Some(g) = self.git() {
-            for c in g.all_commits()? {
-                for (_, p, _) in self.pointers_at(&c)? {
-                    pointers.push(p);
-                }
-            }
-        }
-        for p in &pointers {
-            keep.insert(p.digest);
-            if let Some(r) = p.run {
-                keep.insert(r);
-            }
-            if p.is_dir
-                && let Some(bytes) = self.store.get(&p.digest)?
-                && let Ok(m) = crate::store::manifest::Manifest::parse(&p.digest, &bytes)
-            {
-                keep.extend(m.entries.iter().map(|e| e.digest));
-            }
-        }
-        keep.extend(self.lineage.run_ids()?);
-
         let mut report = GcReport {
-            dry_run,
+            dry_run: opts.dry_run,
             ..GcReport::default()
         };
         for d in self.store.list()? {
-            if keep.contains(&d) || self.is_lineage_object(&d) {
+            if let Some(why) = keep.why(&d) {
                 report.kept_objects += 1;
+                if opts.dry_run {
+                    report.kept.push(KeptObject {
+                        digest: d,
+                        root: why.root.clone(),
+                        role: why.role,
+                        via: why.via,
+                    });
+                }
                 continue;
             }
             report.removed_bytes += self.store.size_of(&d).unwrap_or(0);
             report.removed_objects += 1;
             report.removed.push(d);
-            if !dry_run {
+            if !opts.dry_run {
                 self.store.remove(&d)?;
             }
         }
         for (p, _) in self.store.temp_files()? {
             report.removed_temp_files += 1;
-            if !dry_run {
+            if !opts.dry_run {
                 let _ = fs::remove_file(&p);
             }
         }
         Ok(report)
-    }
-
-    /// Run records and log segments are lineage: recognised by their first
-    /// bytes, so they survive even if lineage.db was lost.
-    fn is_lineage_object(&self, d: &Digest) -> bool {
-        self.object_starts_with(d, RUN_MAGIC) || self.object_starts_with(d, SEGMENT_MAGIC)
     }
 
     /// Whether an object's first bytes are `magic` (reads only those bytes).

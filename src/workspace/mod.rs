@@ -13,6 +13,7 @@ mod gc;
 pub mod pointer;
 mod query;
 mod requests;
+mod roots;
 mod scan;
 mod status;
 mod sync;
@@ -25,10 +26,11 @@ pub use add::{AddOptions, Added, Output, RunSpec};
 pub use audit::Problem;
 pub use checkout::{CheckedOut, CheckoutOptions};
 pub use config::{ProjectConfig, RemoteEntry};
-pub use gc::{GcReport, SEGMENT_MAGIC};
+pub use gc::{GcOptions, GcReport, KeptObject, SEGMENT_MAGIC};
 pub use pointer::{Kind, Pointer, PointerError};
 pub use query::{ArtifactLineage, DiffEntry, EdgeView, RebuildReport, Upstream};
 pub use requests::{NEAR_WINDOW_MS, RequestLineage};
+pub use roots::{GRACE, KeepSet, PointerRoots, Reason, Role, Root, RootOptions, SERVING_CONFIG};
 pub use status::{ArtifactStatus, RemoteState, StoreState, WorkState};
 pub use sync::{PullReport, PushReport};
 
@@ -40,6 +42,12 @@ use crate::store::{LocalStore, StoreError};
 pub const DOT_DIR: &str = ".recsys";
 pub const STORE_DIR: &str = "store";
 pub const LINEAGE_DB: &str = "lineage.db";
+/// What `init` keeps out of git: the store and the lineage index with its
+/// WAL, shared memory and set-aside damaged copies.
+const IGNORED_AT_ROOT: &[&str] = &["/store/", "/lineage.db", "/lineage.db-*", "/lineage.db.*"];
+
+/// Open request-log segments (`serve::LOG_DIR` is the same directory).
+pub const LOG_DIR: &str = "log/requests";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
@@ -76,6 +84,11 @@ pub enum WorkspaceError {
     UnknownArtifact(String),
     #[error("{0}")]
     Remote(String),
+    #[error(
+        "removed nothing: cannot tell everything that must be kept while these remain \
+         (fix or remove them, then run gc again):\n  {0}"
+    )]
+    UnsureWhatToKeep(String),
 }
 
 pub type Result<T, E = WorkspaceError> = std::result::Result<T, E>;
@@ -166,7 +179,7 @@ impl Workspace {
         let git = ws.git.is_some();
         ws.lineage
             .set_meta("git", if git { "yes" } else { "no git" })?;
-        if git && ws.ensure_ignored(&root, &["/store/", "/lineage.db", "/lineage.db-*"])? {
+        if git && ws.ensure_ignored(&root, IGNORED_AT_ROOT)? {
             created.push(".gitignore entries".into());
         }
         Ok((ws, InitReport { root, git, created }))
@@ -174,17 +187,43 @@ impl Workspace {
 
     /// Open the project containing `start` (searching upwards for `.recsys/`).
     pub fn discover(start: &Path, settings: Settings) -> Result<Workspace> {
-        let start = fs::canonicalize(start).ctx("open", start)?;
-        let mut cur: &Path = &start;
-        loop {
-            if cur.join(DOT_DIR).is_dir() {
-                return Workspace::open_at(cur.to_path_buf(), settings);
+        Workspace::open_at(find_root(start)?, settings)
+    }
+
+    /// [`Workspace::discover`] for `lineage --rebuild`: a lineage.db SQLite
+    /// finds damaged is set aside (its new name is returned) and a new one
+    /// created, to be rebuilt.
+    pub fn discover_for_rebuild(
+        start: &Path,
+        settings: Settings,
+    ) -> Result<(Workspace, Option<PathBuf>)> {
+        let root = find_root(start)?;
+        match Workspace::open_at(root.clone(), settings.clone()) {
+            Err(WorkspaceError::Lineage(LineageError::Corrupt { path, .. })) => {
+                let aside = LineageDb::set_aside(&path, now_ms(&settings))?;
+                let ws = Workspace::open_at(root.clone(), settings)?;
+                if ws.git.is_some() {
+                    ws.ensure_ignored(&root, IGNORED_AT_ROOT)?;
+                }
+                Ok((ws, Some(aside)))
             }
-            match cur.parent() {
-                Some(p) => cur = p,
-                None => return Err(WorkspaceError::NotAProject(start)),
-            }
+            other => other.map(|ws| (ws, None)),
         }
+    }
+
+    /// Set the open lineage.db aside as damaged and start a new, empty one.
+    pub(crate) fn replace_damaged_lineage(&mut self) -> Result<PathBuf> {
+        let path = self.root.join(LINEAGE_DB);
+        // Closed first: a connection closed after the rename would clean up
+        // `lineage.db-wal` by name, the new database's.
+        let old = std::mem::replace(&mut self.lineage, LineageDb::in_memory()?);
+        drop(old);
+        let aside = LineageDb::set_aside(&path, self.now_ms())?;
+        self.lineage = LineageDb::open(&path)?;
+        if self.git.is_some() {
+            self.ensure_ignored(&self.root, IGNORED_AT_ROOT)?;
+        }
+        Ok(aside)
     }
 
     fn open_at(root: PathBuf, settings: Settings) -> Result<Workspace> {
@@ -215,12 +254,7 @@ impl Workspace {
     }
 
     pub fn now_ms(&self) -> i64 {
-        self.settings.now_ms.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0)
-        })
+        now_ms(&self.settings)
     }
 
     /// The code version to record in a run started now.
@@ -247,15 +281,22 @@ impl Workspace {
             std::env::current_dir().ctx("current dir", p)?.join(p)
         };
         let norm = normalize(&abs);
-        // Resolve symlinks in the parent so a link out of the project is caught.
-        let parent_real = match norm.parent() {
-            Some(par) if par.exists() => fs::canonicalize(par).ctx("resolve", par)?,
-            Some(par) => par.to_path_buf(),
-            None => return Err(WorkspaceError::OutsideProject(p.into())),
-        };
-        let full = match norm.file_name() {
-            Some(n) => parent_real.join(n),
-            None => parent_real,
+        // Lexically first, so a path through a symlinked directory keeps its
+        // name inside the project (`data/x.csv` with `data -> /mnt/big`);
+        // else with the parent's symlinks resolved (the project reached
+        // through a link, e.g. an absolute path via a symlinked home).
+        let full = if norm.starts_with(&self.root) {
+            norm
+        } else {
+            let parent_real = match norm.parent() {
+                Some(par) if par.exists() => fs::canonicalize(par).ctx("resolve", par)?,
+                Some(par) => par.to_path_buf(),
+                None => return Err(WorkspaceError::OutsideProject(p.into())),
+            };
+            match norm.file_name() {
+                Some(n) => parent_real.join(n),
+                None => parent_real,
+            }
         };
         let rel = full
             .strip_prefix(&self.root)
@@ -266,14 +307,13 @@ impl Workspace {
                 "the project root itself cannot be tracked; name a file or directory in it".into(),
             ));
         }
-        let first = s.split('/').next().unwrap_or("");
-        if [DOT_DIR, STORE_DIR, ".git", LINEAGE_DB].contains(&first)
-            || first.starts_with("lineage.db-")
-        {
-            return Err(WorkspaceError::Invalid(format!(
-                "{s} belongs to recsys or git and cannot be tracked"
-            )));
-        }
+        // A pointer file argument names its artifact: only the rest is
+        // checked against git's and recsys's own names.
+        let art = s.strip_suffix(pointer::EXT).unwrap_or(&s);
+        crate::paths::check_not_owned(art, true).map_err(|source| WorkspaceError::Path {
+            path: s.clone().into(),
+            source,
+        })?;
         Ok(s)
     }
 
@@ -304,12 +344,42 @@ impl Workspace {
     }
 
     /// Every pointer file in the work tree (paths relative to the root),
-    /// sorted. Does not descend into `.git`, the store, tracked artifact
-    /// directories, directories tagged with `CACHEDIR.TAG`, or symlinks.
+    /// sorted. Does not descend into `.git` (at any level), the root's
+    /// store and `.recsys/`, tracked artifact directories, or directories
+    /// tagged with `CACHEDIR.TAG` (the request log). Symlinked directories
+    /// are followed wherever they lead (`data/` moved to a bigger disk is
+    /// still the project's data), after every real directory, each
+    /// directory once (so a link cycle ends). What is found through a link
+    /// is named by its path inside the project. A `*.recsys` symlink is
+    /// listed, so that reading it fails loudly rather than being skipped.
+    /// Every command that looks at "all pointer files" (status, checkout,
+    /// push, fetch, gc, audit, diff, lineage) takes this list.
     pub fn pointer_files(&self) -> Result<Vec<String>> {
+        use std::collections::HashSet;
+        use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
+        let root_meta = fs::metadata(&self.root).ctx("stat", &self.root)?;
+        let mut walked: HashSet<(u64, u64)> = HashSet::from([(root_meta.dev(), root_meta.ino())]);
         let mut stack = vec![(self.root.clone(), String::new())];
-        while let Some((dir, rel)) = stack.pop() {
+        let mut linked: Vec<(PathBuf, String)> = Vec::new();
+        loop {
+            let (dir, rel) = match stack.pop() {
+                Some(x) => x,
+                None => match linked.pop() {
+                    Some((link, rel)) => {
+                        match fs::metadata(&link) {
+                            Ok(m) if m.is_dir() && walked.insert((m.dev(), m.ino())) => {
+                                stack.push((link, rel));
+                            }
+                            // A dangling link, a link to a file, or a
+                            // directory walked already.
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    None => break,
+                },
+            };
             let rd = match fs::read_dir(&dir) {
                 Ok(rd) => rd,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -322,14 +392,18 @@ impl Workspace {
                 names.push((e.file_name().to_string_lossy().to_string(), ft));
             }
             if rel.is_empty() {
-                names.retain(|(n, _)| n != ".git" && n != STORE_DIR && n != DOT_DIR);
+                names.retain(|(n, _)| n != STORE_DIR && n != DOT_DIR);
             }
+            names.retain(|(n, _)| n != ".git");
             if names.iter().any(|(n, _)| n == "CACHEDIR.TAG") {
                 continue;
             }
+            let is_pointer = |n: &str, ft: &fs::FileType| {
+                (ft.is_file() || ft.is_symlink()) && n.ends_with(pointer::EXT)
+            };
             let pointers: Vec<&String> = names
                 .iter()
-                .filter(|(n, ft)| ft.is_file() && n.ends_with(pointer::EXT))
+                .filter(|(n, ft)| is_pointer(n, ft))
                 .map(|(n, _)| n)
                 .collect();
             for (n, ft) in &names {
@@ -338,15 +412,24 @@ impl Workspace {
                 } else {
                     format!("{rel}/{n}")
                 };
-                if ft.is_file() && n.ends_with(pointer::EXT) {
+                if is_pointer(n, ft) {
                     out.push(child_rel);
-                } else if ft.is_dir() && n != ".git" {
-                    let tracked = pointers
-                        .iter()
-                        .any(|p| **p == format!("{n}{}", pointer::EXT));
-                    if !tracked {
-                        stack.push((dir.join(n), child_rel));
+                    continue;
+                }
+                let tracked = pointers
+                    .iter()
+                    .any(|p| **p == format!("{n}{}", pointer::EXT));
+                if tracked {
+                    continue;
+                }
+                if ft.is_dir() {
+                    let p = dir.join(n);
+                    let m = fs::symlink_metadata(&p).ctx("stat", &p)?;
+                    if walked.insert((m.dev(), m.ino())) {
+                        stack.push((p, child_rel));
                     }
+                } else if ft.is_symlink() {
+                    linked.push((dir.join(n), child_rel));
                 }
             }
         }
@@ -355,29 +438,70 @@ impl Workspace {
     }
 
     /// Read and check one pointer file (relative to the root). Returns the
-    /// pointer and the artifact's path relative to the root.
+    /// pointer and the artifact's path relative to the root. Its directory
+    /// may be reached through a symlink (reading changes nothing; writers
+    /// check [`Workspace::check_writable`]); the pointer file itself may
+    /// not be a symlink: which directory its artifact is "beside" would be
+    /// ambiguous.
     pub fn read_pointer(&self, rel: &str) -> Result<(Pointer, String)> {
         let abs = self.root.join(rel);
-        crate::paths::check_no_symlink_ancestors(&self.root, &abs).map_err(|source| {
-            WorkspaceError::Path {
-                path: rel.into(),
-                source,
-            }
-        })?;
         let meta = fs::symlink_metadata(&abs).ctx("open pointer file", &abs)?;
         if meta.file_type().is_symlink() {
             return Err(WorkspaceError::Path {
                 path: rel.into(),
-                source: PathError::SymlinkEscape {
-                    path: rel.into(),
-                    link: abs.clone(),
-                },
+                source: PathError::SymlinkPointer(rel.into()),
             });
         }
         let bytes = fs::read(&abs).ctx("read pointer file", &abs)?;
         let p = Pointer::parse(Path::new(rel), &bytes)?;
         let art = artifact_rel(rel, &p.path);
         Ok((p, art))
+    }
+
+    /// Refuse to write `rel` (relative to the root) through a symlinked
+    /// directory that leads out of the project and that git tracks: such a
+    /// link came with someone's commit, like a pointer file, and is just as
+    /// untrusted. A link git does not track was made on this machine (the
+    /// user's `data -> /mnt/big/data`) and is followed; so is any link that
+    /// stays inside the project. The last component itself may be a link:
+    /// it is replaced, not followed.
+    pub fn check_writable(&self, rel: &str) -> Result<()> {
+        let mut cur = self.root.clone();
+        let mut cur_rel = String::new();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            cur.push(part);
+            if !cur_rel.is_empty() {
+                cur_rel.push('/');
+            }
+            cur_rel.push_str(part);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.file_type().is_symlink() => {}
+                Ok(_) => continue,
+                Err(_) => break, // does not exist yet: nothing below is a link
+            }
+            let target = match fs::canonicalize(&cur) {
+                Ok(t) => t,
+                Err(_) => break, // dangling: the write fails by itself
+            };
+            if target.starts_with(&self.root) {
+                continue;
+            }
+            let untrusted = match &self.git {
+                Some(g) => g.tracks_symlink(&cur_rel)?,
+                None => false,
+            };
+            if untrusted {
+                return Err(WorkspaceError::Path {
+                    path: rel.into(),
+                    source: PathError::SymlinkEscape {
+                        path: rel.into(),
+                        link: cur.clone(),
+                    },
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Pointers at git revision `rev`: (pointer path, pointer, artifact path).
@@ -390,7 +514,10 @@ impl Workspace {
         let commit = git.resolve(rev)?;
         let mut out = Vec::new();
         for (rel, bytes) in git.pointer_files_at(&commit, pointer::EXT)? {
-            let p = Pointer::parse(Path::new(&format!("{rev}:{rel}")), &bytes)?;
+            let p = Pointer::parse(Path::new(&rel), &bytes).map_err(|mut e| {
+                e.file = PathBuf::from(format!("{rev}:{rel}"));
+                e
+            })?;
             let art = artifact_rel(&rel, &p.path);
             out.push((rel, p, art));
         }
@@ -406,6 +533,32 @@ impl Workspace {
             Ok(rel)
         } else {
             Ok(format!("{rel}{}", pointer::EXT))
+        }
+    }
+}
+
+/// The settings' clock, else the system's, in Unix milliseconds.
+fn now_ms(settings: &Settings) -> i64 {
+    settings.now_ms.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    })
+}
+
+/// The project root containing `start`: the nearest directory upwards
+/// with a `.recsys/`.
+fn find_root(start: &Path) -> Result<PathBuf> {
+    let start = fs::canonicalize(start).ctx("open", start)?;
+    let mut cur: &Path = &start;
+    loop {
+        if cur.join(DOT_DIR).is_dir() {
+            return Ok(cur.to_path_buf());
+        }
+        match cur.parent() {
+            Some(p) => cur = p,
+            None => return Err(WorkspaceError::NotAProject(start)),
         }
     }
 }

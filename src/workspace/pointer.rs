@@ -18,10 +18,10 @@
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use crate::paths::check_file_name;
+use crate::paths::{check_file_name, check_not_owned};
 use crate::store::Digest;
 
-pub const EXT: &str = ".recsys";
+pub const EXT: &str = crate::paths::POINTER_EXT;
 const FORMAT: &str = "1";
 const MAX_LEN: usize = 64 * 1024;
 
@@ -111,7 +111,9 @@ impl Pointer {
         s
     }
 
-    /// Parse pointer file `file` (named only for error messages).
+    /// Parse pointer file `file`: its path relative to the project root,
+    /// which decides what the artifact beside it may be called and names
+    /// the file in error messages.
     pub fn parse(file: &Path, bytes: &[u8]) -> Result<Pointer, PointerError> {
         let err = |line: usize, reason: String| PointerError {
             file: file.to_path_buf(),
@@ -190,6 +192,14 @@ impl Pointer {
                 format!("`path` must be a plain file name beside the pointer file: {e}"),
             )
         })?;
+        // The artifact sits beside the pointer: `file` is where the pointer
+        // is, relative to the project root, so `path: store` is refused at
+        // the root (recsys's store) and allowed in `data/`.
+        let art = match file.parent().map(|d| d.to_string_lossy()) {
+            Some(d) if !d.is_empty() => format!("{d}/{path}"),
+            _ => path.to_string(),
+        };
+        check_not_owned(&art, true).map_err(|e| err(n, format!("`path` is refused: {e}")))?;
         let (n, ty) = need(2)?;
         let is_dir = match ty {
             "file" => false,
@@ -303,7 +313,7 @@ mod tests {
     #[test]
     fn malformed_pointers_name_file_and_line() {
         let good = sample().to_text();
-        let cases: Vec<(String, usize, &str)> = vec![
+        let mut cases: Vec<(String, usize, &str)> = vec![
             (
                 good.replace("path: ratings.csv", "path: ../../etc/passwd"),
                 4,
@@ -346,12 +356,48 @@ mod tests {
             (format!("{good}colour: red\n"), 11, "unknown key"),
             (format!("{good}garbage\n"), 11, "key: value"),
         ];
+        // Names git or recsys own, beside a pointer in `data/`: git's and
+        // recsys's own files at any level; the root's only at the root.
+        for name in [".git", ".gitignore", "other.recsys", "x.csv.recsys"] {
+            cases.push((
+                good.replace("path: ratings.csv", &format!("path: {name}")),
+                4,
+                "refused",
+            ));
+        }
         for (text, line, want) in cases {
             let e = Pointer::parse(Path::new("data/x.recsys"), text.as_bytes()).unwrap_err();
             assert_eq!(e.line, line, "{e} for\n{text}");
             assert!(e.reason.contains(want), "{e} should mention {want}");
             assert!(e.to_string().starts_with("data/x.recsys:"), "{e}");
         }
+        for name in [
+            ".git",
+            "store",
+            "lineage.db",
+            "lineage.db-wal",
+            ".recsys",
+            "log",
+            ".gitignore",
+            "a.recsys",
+        ] {
+            let text = good.replace("path: ratings.csv", &format!("path: {name}"));
+            let e = Pointer::parse(Path::new("x.recsys"), text.as_bytes()).unwrap_err();
+            assert_eq!(e.line, 4, "{e}");
+            assert!(e.to_string().contains("belongs to"), "{e}");
+        }
+        for name in ["store", "lineage.db", "log"] {
+            let text = good.replace("path: ratings.csv", &format!("path: {name}"));
+            let p = Pointer::parse(Path::new("data/x.recsys"), text.as_bytes());
+            assert_eq!(
+                p.map(|p| p.path).as_deref(),
+                Ok(name),
+                "data/{name} is the user's"
+            );
+        }
+        // A pointer inside recsys's log directory names recsys's files.
+        let e = Pointer::parse(Path::new("log/x.recsys"), good.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("belongs to recsys"), "{e}");
         let e = Pointer::parse(Path::new("p"), b"recsys-pointer: 1\n\xff\n").unwrap_err();
         assert_eq!((e.line, e.reason.as_str()), (2, "not valid UTF-8"));
         let e = Pointer::parse(Path::new("p"), b"").unwrap_err();
@@ -380,6 +426,7 @@ mod tests {
             seed in proptest::num::u8::ANY,
         ) {
             proptest::prop_assume!(path != "." && path != "..");
+            proptest::prop_assume!(crate::paths::check_not_owned(&path, true).is_ok());
             let p = Pointer {
                 path,
                 is_dir: files.is_some(),

@@ -4,9 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::{Result, Workspace, WorkspaceError};
+use super::{LOG_DIR, Result, SEGMENT_MAGIC, Workspace, WorkspaceError};
+use crate::lineage::requests::{index_segment, parse_segment};
 use crate::lineage::run::RUN_MAGIC;
-use crate::lineage::{ArtifactRow, RunRow};
+use crate::lineage::{ArtifactRow, LineageError, RunRow};
 use crate::store::{Digest, ObjectStore};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -60,8 +61,17 @@ pub struct DiffEntry {
 pub struct RebuildReport {
     pub runs_indexed: usize,
     pub artifacts: usize,
+    /// Request-log segments re-indexed (closed ones in the store, open ones
+    /// in `log/requests/`) and the requests they hold.
+    pub segments_indexed: usize,
+    pub requests_indexed: u64,
+    /// Where a damaged lineage.db was moved before this one was built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_aside: Option<String>,
     /// Run records named by pointer files but absent from the store.
     pub missing_run_records: Vec<String>,
+    /// Segments that could not be read (each with the reason).
+    pub bad_segments: Vec<String>,
     pub conflicts: Vec<String>,
 }
 
@@ -235,10 +245,26 @@ impl Workspace {
         Ok(out)
     }
 
-    /// Recreate the lineage index from run records: those named by pointer
-    /// files in the work tree and in every commit, and every run record in
-    /// the store.
+    /// Recreate the lineage index: runs and artifacts from run records
+    /// (those named by pointer files in the work tree and in every commit,
+    /// and every run record in the store), requests from every request-log
+    /// segment (closed ones in the store, open ones in `log/requests/`,
+    /// which a server's next start re-indexes anyway). A lineage.db SQLite
+    /// finds damaged on the way is set aside and a new one built. Run it
+    /// while no server is logging to this project.
     pub fn rebuild_lineage(&mut self) -> Result<RebuildReport> {
+        match self.rebuild_lineage_once() {
+            Err(WorkspaceError::Lineage(LineageError::Corrupt { .. })) => {
+                let aside = self.replace_damaged_lineage()?;
+                let mut r = self.rebuild_lineage_once()?;
+                r.set_aside = Some(aside.display().to_string());
+                Ok(r)
+            }
+            other => other,
+        }
+    }
+
+    fn rebuild_lineage_once(&mut self) -> Result<RebuildReport> {
         let mut named: BTreeSet<Digest> = BTreeSet::new();
         let mut named_by: BTreeMap<Digest, String> = BTreeMap::new();
         for rel in self.pointer_files()? {
@@ -278,6 +304,63 @@ impl Workspace {
         report.runs_indexed = n;
         report.conflicts = conflicts;
         report.artifacts = self.lineage.artifacts(None)?.len();
+        self.rebuild_requests(&mut report)?;
         Ok(report)
+    }
+
+    /// The request index from the segments alone.
+    fn rebuild_requests(&mut self, report: &mut RebuildReport) -> Result<()> {
+        self.lineage.clear_requests()?;
+        let now = self.now_ms();
+        for d in self.store.list()? {
+            if !self.object_starts_with(&d, SEGMENT_MAGIC) {
+                continue;
+            }
+            let bytes = match self.store.verified_path(&d) {
+                Ok(p) => std::fs::read(&p).map_err(|e| WorkspaceError::Io {
+                    op: "read",
+                    path: p.clone(),
+                    source: e,
+                })?,
+                Err(e) => {
+                    report.bad_segments.push(format!("{d}: {e}"));
+                    continue;
+                }
+            };
+            match parse_segment(&d.hex(), &bytes) {
+                Ok(seg) => {
+                    index_segment(&self.lineage, &seg, Some((now, &d.hex())))?;
+                    report.segments_indexed += 1;
+                    report.requests_indexed += seg.records.len() as u64;
+                }
+                Err(e) => report.bad_segments.push(e.to_string()),
+            }
+        }
+        let dir = self.root.join(LOG_DIR);
+        let mut open: Vec<std::path::PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .is_some_and(|n| n.starts_with("open-") && n.ends_with(".jsonl"))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        open.sort();
+        for p in open {
+            let Ok(mut bytes) = std::fs::read(&p) else {
+                continue; // closed into the store meanwhile
+            };
+            let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            bytes.truncate(whole);
+            if let Ok(seg) = parse_segment(&p.display().to_string(), &bytes) {
+                index_segment(&self.lineage, &seg, None)?;
+                report.segments_indexed += 1;
+                report.requests_indexed += seg.records.len() as u64;
+            }
+        }
+        Ok(())
     }
 }

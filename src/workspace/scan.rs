@@ -45,6 +45,11 @@ impl Scan {
 /// One remembered file: relative path, stamp, digest, mode.
 type Cached<'a> = (&'a str, Stamp, Digest, u32);
 
+// The blob (`worktree_cache_2` in store/state.db), one record per file,
+// sorted by path, integers little-endian: path length (u32), path (UTF-8),
+// size (u64), mtime ns (i64), ctime ns (i64), inode (u64), mode (u32),
+// digest (32 bytes). Version 1 had no ctime; its table is dropped.
+
 fn encode(files: &[FileScan]) -> Vec<u8> {
     let mut out = Vec::with_capacity(files.len() * 80);
     for f in files {
@@ -53,6 +58,7 @@ fn encode(files: &[FileScan]) -> Vec<u8> {
         out.extend_from_slice(f.rel.as_bytes());
         out.extend_from_slice(&f.stamp.size.to_le_bytes());
         out.extend_from_slice(&f.stamp.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&f.stamp.ctime_ns.to_le_bytes());
         out.extend_from_slice(&f.stamp.ino.to_le_bytes());
         out.extend_from_slice(&f.mode.to_le_bytes());
         out.extend_from_slice(&d.0);
@@ -64,8 +70,8 @@ fn encode(files: &[FileScan]) -> Vec<u8> {
 /// from the blob. A damaged blob decodes to as much as is intact: it is
 /// only a cache.
 fn decode(mut b: &[u8]) -> Vec<Cached<'_>> {
-    // About 80 bytes per file: size the list once.
-    let mut out = Vec::with_capacity(b.len() / 72);
+    // About 90 bytes per file: size the list once.
+    let mut out = Vec::with_capacity(b.len() / 80);
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if b.len() < n {
             return None;
@@ -82,8 +88,9 @@ fn decode(mut b: &[u8]) -> Vec<Cached<'_>> {
     while !b.is_empty() {
         let Some(len) = take(&mut b, 4) else { break };
         let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let (Some(rel), Some(size), Some(mt), Some(ino), Some(mode), Some(d)) = (
+        let (Some(rel), Some(size), Some(mt), Some(ct), Some(ino), Some(mode), Some(d)) = (
             take(&mut b, len),
+            take(&mut b, 8),
             take(&mut b, 8),
             take(&mut b, 8),
             take(&mut b, 8),
@@ -100,6 +107,7 @@ fn decode(mut b: &[u8]) -> Vec<Cached<'_>> {
         let stamp = Stamp {
             size: u64_of(size),
             mtime_ns: u64_of(mt) as i64,
+            ctime_ns: u64_of(ct) as i64,
             ino: u64_of(ino),
         };
         out.push((
@@ -175,6 +183,10 @@ fn entry(root: &Path, rel: &str, e: &fs::DirEntry) -> Result<Found> {
             e.path().display()
         )));
     };
+    // Git's and recsys's own files are never part of an artifact.
+    if crate::paths::never_in_artifact(name) {
+        return Ok(Found::Skip);
+    }
     let child = if rel.is_empty() {
         name.to_string()
     } else {
@@ -241,13 +253,10 @@ fn walk(root: &Path, abs: &Path) -> Result<Vec<FileScan>> {
 impl Workspace {
     /// Stat an artifact (relative path) and fill digests from the cache.
     pub(crate) fn scan(&self, art_rel: &str) -> Result<Scan> {
+        // Read through symlinked directories wherever they lead (`data/` on
+        // a bigger disk): looking changes nothing. Writers check
+        // ([`Workspace::check_writable`]).
         let abs = self.root.join(art_rel);
-        crate::paths::check_no_symlink_ancestors(&self.root, &abs).map_err(|source| {
-            WorkspaceError::Path {
-                path: art_rel.into(),
-                source,
-            }
-        })?;
         let lmeta = match fs::symlink_metadata(&abs) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Scan::Missing),
@@ -311,6 +320,31 @@ impl Workspace {
             Ok(())
         })?;
         Ok(true)
+    }
+
+    /// After `add --link hardlink`: a file that is now its object's inode
+    /// was made read-only and linked (both move its change time), so take
+    /// its stamp again. It is proven as far as the object is: the same
+    /// inode, hashed under a stamp that did not move until it was linked.
+    pub(crate) fn restamp_linked(&self, scan: &mut Scan) -> Result<()> {
+        let files: &mut [FileScan] = match scan {
+            Scan::Missing => return Ok(()),
+            Scan::File(f) => std::slice::from_mut(f),
+            Scan::Dir(v) => v,
+        };
+        for f in files {
+            let Some(d) = f.digest else { continue };
+            let (Ok(now), Ok(obj)) = (
+                fs::symlink_metadata(&f.abs),
+                fs::metadata(self.store.object_path(&d)),
+            ) else {
+                continue;
+            };
+            if now.ino() == obj.ino() && now.dev() == obj.dev() {
+                f.stamp = Stamp::of(&now);
+            }
+        }
+        Ok(())
     }
 
     /// Remember the digests of a scan for next time.
@@ -377,6 +411,7 @@ mod tests {
             stamp: Stamp {
                 size,
                 mtime_ns: 5,
+                ctime_ns: 6,
                 ino: size,
             },
             mode,
@@ -394,7 +429,6 @@ mod tests {
         assert_eq!(size, 1234568);
         // The cache fills digests by path, stamp and mode; a changed stamp
         // or mode, or a path it never saw, stays unknown.
-        let blob = encode(&files);
         let mut fresh: Vec<FileScan> = files
             .iter()
             .map(|f| FileScan {
@@ -404,6 +438,18 @@ mod tests {
             .collect();
         fresh[1].stamp.mtime_ns = 6;
         fresh[2].mode = 0o755;
+        // An edit in place that restored size, inode and mtime still moved
+        // the change time.
+        fresh.push(FileScan {
+            rel: "c".into(),
+            digest: None,
+            ..files[2].clone()
+        });
+        let mut touched = files[2].clone();
+        touched.rel = "c".into();
+        let mut cached_files = files.clone();
+        cached_files.push(touched);
+        fresh.last_mut().expect("c").stamp.ctime_ns += 1;
         fresh.insert(
             0,
             FileScan {
@@ -412,9 +458,10 @@ mod tests {
                 ..files[0].clone()
             },
         );
+        let blob = encode(&cached_files);
         fill_from_cache(&mut fresh, &decode(&blob));
         let known: Vec<bool> = fresh.iter().map(|f| f.digest.is_some()).collect();
-        assert_eq!(known, [false, true, false, false]);
+        assert_eq!(known, [false, true, false, false, false]);
         assert_eq!(fresh[1].digest, files[0].digest);
         let mut partial = files.clone();
         partial[0].digest = None;
@@ -429,6 +476,7 @@ mod tests {
             stamp: Stamp {
                 size: 3,
                 mtime_ns: 7,
+                ctime_ns: 8,
                 ino: 9,
             },
             mode: 0o644,
@@ -444,6 +492,7 @@ mod tests {
         let m = decode(&b);
         assert_eq!(m.len(), 2);
         assert_eq!((m[0].0, m[0].2), ("a/b", Digest::of(b"x")));
+        assert_eq!(m[0].1, f.stamp, "the change time survives the blob");
         assert_eq!(decode(&b[..b.len() - 5]).len(), 1);
         assert!(decode(&[1, 2]).is_empty());
     }

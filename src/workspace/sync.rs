@@ -1,14 +1,16 @@
 //! `recsys push`, `fetch` and `pull`: move objects between the local store
 //! and a remote, verifying every object received.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use super::{CheckedOut, CheckoutOptions, Pointer, Result, Workspace, WorkspaceError};
+use super::{
+    CheckedOut, CheckoutOptions, Pointer, PointerRoots, Result, Role, Root, RootOptions, Workspace,
+    WorkspaceError,
+};
 use crate::lineage::RunRecord;
 use crate::lineage::run::RUN_MAGIC;
 use crate::progress::Progress;
-use crate::store::manifest::Manifest;
 use crate::store::remote::{self, Transferred};
 use crate::store::{Digest, ObjectStore};
 
@@ -52,87 +54,113 @@ impl Workspace {
         Ok((n, store))
     }
 
-    /// Push the objects of the selected artifacts, their run records, and
-    /// every other run record in lineage.db.
+    /// The keep-set a transfer moves: everything named ([`RootOptions::named`])
+    /// for a whole-project command, or only `selected` (with lineage, but not
+    /// what the request log names) when the command was given targets or a
+    /// revision. Refused while part of it cannot be read: what it names
+    /// would silently not travel.
+    fn transfer_roots(
+        &self,
+        selected: &[(String, Pointer, String)],
+        everything: bool,
+        remote: Option<&dyn ObjectStore>,
+    ) -> Result<super::KeepSet> {
+        let opts = RootOptions {
+            pointers: PointerRoots::Selected(
+                selected
+                    .iter()
+                    .map(|(rel, p, _)| (rel.clone(), p.clone()))
+                    .collect(),
+            ),
+            requests: everything,
+            remote,
+            ..RootOptions::named()
+        };
+        let keep = self.roots(&opts)?;
+        if !keep.problems().is_empty() {
+            let list: Vec<String> = keep.problems().iter().map(|p| p.to_string()).collect();
+            return Err(WorkspaceError::Remote(format!(
+                "cannot tell everything that must travel (`recsys audit` lists these):\n  {}",
+                list.join("\n  ")
+            )));
+        }
+        Ok(keep)
+    }
+
+    /// Push what the keep-set names and the remote lacks: the selected
+    /// artifacts (all pointer files' by default) with their run records,
+    /// all lineage (run records, request-log segments), and — for a whole
+    /// project push — what the request log names (models, datasets and
+    /// configs that answered, even retired ones).
     pub fn push(
         &self,
         targets: &[PathBuf],
         remote_name: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<PushReport> {
-        let (rname, remote) = self.open_remote(remote_name)?;
+        // The pointers first: a bad one is reported before any remote is
+        // contacted.
         let selected = self.select_pointers(targets, None)?;
-        let mut leaves = BTreeSet::new();
-        let mut tops = BTreeSet::new();
-        for (_, p, _) in &selected {
-            // Skip a whole directory when its manifest is already there:
-            // manifests are committed only after their files.
-            if p.is_dir && !remote.contains(&p.digest)? {
-                for e in self.load_manifest(&p.digest)?.entries {
-                    leaves.insert(e.digest);
+        let (rname, remote) = self.open_remote(remote_name)?;
+        let keep = self.transfer_roots(&selected, targets.is_empty(), None)?;
+        // Skip a whole directory when its manifest is already there:
+        // manifests are committed only after their files.
+        let mut manifest_there: HashMap<Digest, bool> = HashMap::new();
+        let mut missing: Option<(Digest, String)> = None;
+        let mut new_index = Vec::new();
+        let mut phases = Vec::new();
+        for phase in keep.phases(|_, _| true) {
+            let mut out = Vec::with_capacity(phase.len());
+            for d in phase {
+                let Some(why) = keep.why(&d) else { continue };
+                if !self.store.contains(&d)? {
+                    // What a pointer names must go; history that is not
+                    // here (collected, or never fetched) cannot.
+                    if let Root::Pointer { pointer } = why.root
+                        && missing.is_none()
+                    {
+                        missing = Some((d, pointer.clone()));
+                    }
+                    continue;
                 }
-            }
-            if !p.is_dir {
-                self.store.verified_path(&p.digest)?;
-            }
-            tops.insert(p.digest);
-            if let Some(r) = p.run
-                && self.store.contains(&r)?
-            {
-                tops.insert(r);
-            }
-        }
-        let mut runs = Vec::new();
-        for id in self.lineage.run_ids()? {
-            if self.store.contains(&id)? {
-                tops.insert(id);
-                runs.push(id);
-            }
-        }
-        for (_, p, _) in &selected {
-            if let Some(r) = p.run
-                && !runs.contains(&r)
-                && self.store.contains(&r)?
-            {
-                runs.push(r);
-            }
-        }
-        // Request-log segments and the configs their requests name.
-        let mut new_segments = Vec::new();
-        for seg in self.lineage.segments()? {
-            if let Some(d) = seg.digest.as_deref().and_then(|h| h.parse::<Digest>().ok())
-                && self.store.contains(&d)?
-            {
-                tops.insert(d);
-                if !remote.contains(&d)? {
-                    new_segments.push(d);
+                if why.role == Role::File
+                    && let Some(m) = why.via
+                {
+                    let there = match manifest_there.get(&m) {
+                        Some(t) => *t,
+                        None => {
+                            let t = remote.contains(&m)?;
+                            manifest_there.insert(m, t);
+                            t
+                        }
+                    };
+                    if there {
+                        continue;
+                    }
                 }
+                let index_line = match why.role {
+                    Role::RunRecord if self.object_starts_with(&d, RUN_MAGIC) => Some(INDEX_RUN),
+                    Role::Segment => Some(INDEX_SEGMENT),
+                    _ => None,
+                };
+                if let Some(prefix) = index_line
+                    && !remote.contains(&d)?
+                {
+                    new_index.push(format!("{prefix}{d}"));
+                }
+                out.push(d);
             }
+            phases.push(out);
         }
-        for (s, _) in self.lineage.served_summary()? {
-            if let Ok(d) = s.config_digest.parse::<Digest>()
-                && self.store.contains(&d)?
-            {
-                tops.insert(d);
-            }
+        if let Some((d, pointer)) = missing {
+            return Err(WorkspaceError::Remote(format!(
+                "{pointer} names {d}, which is not in the local store (`recsys fetch` \
+                 brings it back from a remote that has it)"
+            )));
         }
-        let new_runs: Vec<Digest> = runs
-            .iter()
-            .filter(|r| remote.contains(r).map(|c| !c).unwrap_or(true))
-            .copied()
-            .collect();
-        let phases = vec![
-            leaves.into_iter().collect::<Vec<_>>(),
-            tops.into_iter().collect::<Vec<_>>(),
-        ];
         let moved = remote::transfer(&self.store, &*remote, &phases, self.settings.jobs, progress)?;
-        let lines: Vec<String> = new_runs
-            .iter()
-            .map(|r| format!("{INDEX_RUN}{r}"))
-            .chain(new_segments.iter().map(|s| format!("{INDEX_SEGMENT}{s}")))
-            .collect();
-        if !lines.is_empty() {
-            remote.index_append(&lines)?;
+        if !new_index.is_empty() {
+            remote.index_append(&new_index)?;
         }
         Ok(PushReport {
             remote: rname,
@@ -142,8 +170,10 @@ impl Workspace {
     }
 
     /// Download what the selected pointers (at `rev`, or in the work tree)
-    /// need, plus every run record the remote's index lists, and index the
-    /// run records into lineage.db.
+    /// need, every run record and request-log segment the remote's index
+    /// lists, and — for a whole-project fetch — what those segments name
+    /// (the models, datasets and configs that answered); index the run
+    /// records and segments into lineage.db.
     pub fn fetch(
         &mut self,
         targets: &[PathBuf],
@@ -151,13 +181,11 @@ impl Workspace {
         remote_name: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<PullReport> {
-        let (rname, remote) = self.open_remote(remote_name)?;
         let selected = self.select_pointers(targets, rev)?;
-        let mut leaves = BTreeSet::new();
-        let mut tops = BTreeSet::new();
-        for (_, p, _) in &selected {
-            self.plan_fetch(&*remote, p, &mut leaves, &mut tops)?;
-        }
+        let (rname, remote) = self.open_remote(remote_name)?;
+        // Lineage first: it says what else is needed (a segment names its
+        // model), and a run record here without its outputs is ordinary
+        // (collected history).
         let mut runs: BTreeSet<Digest> = selected.iter().filter_map(|(_, p, _)| p.run).collect();
         let mut segments: BTreeSet<Digest> = BTreeSet::new();
         for line in remote.index_read()? {
@@ -170,41 +198,50 @@ impl Workspace {
                 segments.insert(d);
             }
         }
-        for s in &segments {
-            if !self.store.contains(s)? && remote.contains(s)? {
-                tops.insert(*s);
+        let mut lineage = Vec::new();
+        for d in runs.iter().chain(&segments) {
+            if !self.store.contains(d)? && remote.contains(d)? {
+                lineage.push(*d);
             }
         }
-        for r in &runs {
-            if !self.store.contains(r)? && remote.contains(r)? {
-                tops.insert(*r);
-            }
-        }
-        let phases = vec![
-            leaves.into_iter().collect::<Vec<_>>(),
-            tops.into_iter().collect::<Vec<_>>(),
-        ];
-        let moved = remote::transfer(&*remote, &self.store, &phases, self.settings.jobs, progress)?;
+        let first = remote::transfer(
+            &*remote,
+            &self.store,
+            &[lineage],
+            self.settings.jobs,
+            progress,
+        )?;
         let origin = format!("remote {rname}");
         let (runs_indexed, mut conflicts) = self.index_runs(&runs, &origin)?;
-        let (segments_indexed, configs) = self.index_segments(&segments)?;
-        let configs: Vec<Digest> = configs
-            .into_iter()
-            .filter(|d| {
-                !self.store.contains(d).unwrap_or(true) && remote.contains(d).unwrap_or(false)
-            })
-            .collect();
-        let more = if configs.is_empty() {
-            Transferred::default()
-        } else {
-            remote::transfer(
-                &*remote,
-                &self.store,
-                &[configs],
-                self.settings.jobs,
-                progress,
-            )?
-        };
+        let segments_indexed = self.index_segments(&segments)?;
+
+        let everything = targets.is_empty() && rev.is_none();
+        let keep = self.transfer_roots(&selected, everything, Some(&*remote))?;
+        let mut phases = Vec::new();
+        for phase in keep.phases(|_, _| true) {
+            let mut out = Vec::with_capacity(phase.len());
+            for d in phase {
+                if self.store.contains(&d)? {
+                    continue;
+                }
+                // What a pointer names must come (its absence there is an
+                // error); history the remote lacks cannot.
+                let named = matches!(keep.why(&d).map(|w| w.root), Some(Root::Pointer { .. }));
+                if named || remote.contains(&d)? {
+                    out.push(d);
+                }
+            }
+            phases.push(out);
+        }
+        let moved = remote::transfer(&*remote, &self.store, &phases, self.settings.jobs, progress)
+            .map_err(|e| match e {
+                crate::store::StoreError::Missing(d) => WorkspaceError::Remote(format!(
+                    "{} is not on remote {}",
+                    d.short(),
+                    remote.location()
+                )),
+                e => e.into(),
+            })?;
         for (_, p, _) in &selected {
             if let Some(a) = self.lineage.artifact_by_name(&p.name)?
                 && a.digest != p.digest
@@ -225,57 +262,15 @@ impl Workspace {
             remote: rname,
             artifacts: selected.len(),
             moved: Transferred {
-                objects: moved.objects + more.objects,
-                bytes: moved.bytes + more.bytes,
-                already_there: moved.already_there + more.already_there,
+                objects: moved.objects + first.objects,
+                bytes: moved.bytes + first.bytes,
+                already_there: moved.already_there + first.already_there,
             },
             runs_indexed,
             segments_indexed,
             conflicts,
             checked_out: Vec::new(),
         })
-    }
-
-    fn plan_fetch(
-        &self,
-        remote: &dyn ObjectStore,
-        p: &Pointer,
-        leaves: &mut BTreeSet<Digest>,
-        tops: &mut BTreeSet<Digest>,
-    ) -> Result<()> {
-        if p.is_dir {
-            let m = if self.store.contains(&p.digest)? {
-                self.load_manifest(&p.digest)?
-            } else {
-                let bytes = remote.get(&p.digest)?.ok_or_else(|| {
-                    WorkspaceError::Remote(format!(
-                        "{} ({}) is not on remote {}",
-                        p.name,
-                        p.digest.short(),
-                        remote.location()
-                    ))
-                })?;
-                let actual = Digest::of(&bytes);
-                if actual != p.digest {
-                    return Err(crate::store::StoreError::DigestMismatch {
-                        expected: p.digest,
-                        actual,
-                        from: remote.location(),
-                    }
-                    .into());
-                }
-                Manifest::parse(&p.digest, &bytes)?
-            };
-            for e in m.entries {
-                if !self.store.contains(&e.digest)? {
-                    leaves.insert(e.digest);
-                }
-            }
-        }
-        if !self.store.contains(&p.digest)? {
-            tops.insert(p.digest);
-        }
-        Ok(())
     }
 
     /// Index run records present in the store. Returns (newly indexed,
@@ -317,9 +312,9 @@ impl Workspace {
     }
 
     /// Index request-log segments present in the store that lineage.db
-    /// does not know yet. Returns (indexed, config digests their requests
-    /// name). An unreadable segment is skipped: `audit` reports it.
-    fn index_segments(&mut self, segments: &BTreeSet<Digest>) -> Result<(usize, BTreeSet<Digest>)> {
+    /// does not know yet. Returns how many. An unreadable segment is
+    /// skipped: `audit` reports it.
+    fn index_segments(&mut self, segments: &BTreeSet<Digest>) -> Result<usize> {
         let known: BTreeSet<String> = self
             .lineage
             .segments()?
@@ -327,7 +322,6 @@ impl Workspace {
             .filter_map(|s| s.digest)
             .collect();
         let mut n = 0;
-        let mut configs = BTreeSet::new();
         for d in segments {
             if known.contains(&d.hex()) {
                 continue;
@@ -341,11 +335,6 @@ impl Workspace {
             let Ok(seg) = crate::lineage::requests::parse_segment(&d.hex(), &bytes) else {
                 continue;
             };
-            for r in &seg.records {
-                if let Ok(c) = r.served.config_digest.parse() {
-                    configs.insert(c);
-                }
-            }
             crate::lineage::requests::index_segment(
                 &self.lineage,
                 &seg,
@@ -353,7 +342,7 @@ impl Workspace {
             )?;
             n += 1;
         }
-        Ok((n, configs))
+        Ok(n)
     }
 
     /// `fetch`, then `checkout` of what was fetched.

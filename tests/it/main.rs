@@ -9,6 +9,7 @@ mod ingest;
 mod monitor;
 mod movielens;
 mod pipeline;
+mod provenance;
 mod serve;
 mod serve_limits;
 mod store;

@@ -738,9 +738,11 @@ fn audit_reports_missing_objects_lineage_and_commits() {
     );
     assert!(s.contains("missing-object: data/a.recsys"), "{s}");
     assert!(s.contains("bad-pointer: data/bad.recsys"), "{s}");
-    assert!(s.contains("lineage-missing-object: dataset_3"), "{s}");
     assert!(s.contains("unknown-commit:"), "{s}");
-    assert_eq!(s.lines().count(), 5, "one line per problem:\n{s}");
+    // dataset_3's bytes are missing once, as the pointer's: a lineage row
+    // alone does not need its bytes here (gc collects old versions).
+    assert!(!s.contains("lineage-missing-object"), "{s}");
+    assert_eq!(s.lines().count(), 4, "one line per problem:\n{s}");
 }
 
 #[test]
@@ -766,10 +768,14 @@ fn hostile_pointer_files_are_rejected_and_nothing_is_written_outside() {
         assert!(err.contains("plain file name"), "{err}");
         fs::remove_file(env.path(&format!("data/{name}.recsys"))).unwrap();
     }
-    // A directory symlink that leads out of the project.
+    // A directory symlink that leads out of the project and came with a
+    // commit (git tracks it), like a pointer file: untrusted. (A link git
+    // does not track was made on this machine and is followed: see
+    // provenance::a_data_directory_moved_behind_a_symlink_is_still_tracked.)
     let outside = env.tmp.path().join("outside");
     fs::create_dir_all(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, env.path("escape")).unwrap();
+    env.git(&["add", "escape"]);
     fs::write(outside.join("ok.csv.recsys"), &good).unwrap();
     let err = env.fails(2, &["checkout", "escape/ok.csv.recsys"]);
     assert!(err.contains("outside") || err.contains("symlink"), "{err}");
@@ -778,10 +784,14 @@ fn hostile_pointer_files_are_rejected_and_nothing_is_written_outside() {
         !outside.join("ok.csv").exists(),
         "nothing written outside the project"
     );
-    // The work-tree walk does not follow the link either.
-    let out = env.ok(&["checkout"]);
-    assert!(!out.contains("escape"), "{out}");
+    // The work-tree walk finds the pointer through the link (so gc keeps
+    // what it names), and checkout refuses to write through it, loudly.
+    let err = env.fails(2, &["checkout"]);
+    assert!(err.contains("escape/ok.csv"), "{err}");
     assert!(!outside.join("ok.csv").exists());
+    fs::remove_file(env.path("escape")).unwrap();
+    env.git(&["rm", "-q", "--cached", "escape"]);
+    env.ok(&["checkout"]);
 
     // Malformed pointers: an error naming file and line, never a panic.
     env.write(
@@ -845,14 +855,61 @@ fn gc_removes_only_unreferenced_objects_and_temp_files() {
     env.commit("v2");
     fs::write(env.path("store/tmp/12345-0-leftover"), "half an object").unwrap();
 
-    let dry = env.json(&["gc", "--dry-run", "--json"]);
+    // Just written: the grace period keeps everything, and says so.
+    let young = env.json(&["gc", "--dry-run", "--json"]);
+    assert_eq!(young["removed_objects"], 0, "{young}");
+    let why = young["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["digest"] == v1.as_str())
+        .unwrap_or_else(|| panic!("v1 is listed as kept: {young}"));
+    assert_eq!(
+        (why["root"].as_str(), why["role"].as_str()),
+        (Some("recent"), Some("unnamed"))
+    );
+    assert_eq!(why["grace_s"], 3600);
+
+    let dry = env.json(&["gc", "--dry-run", "--json", "--grace", "0s"]);
     assert_eq!(dry["removed_objects"], 1);
     assert_eq!(dry["removed"][0], v1.as_str());
     assert!(object_path(&env, &v1).exists(), "dry run removes nothing");
-    let kept = env.json(&["gc", "--all-commits", "--json"]);
+    let kept_by = |j: &serde_json::Value, d: &str| {
+        j["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["digest"] == d)
+            .cloned()
+            .unwrap_or_else(|| panic!("{d} not kept: {j}"))
+    };
+    let v2_why = kept_by(&dry, &v2);
+    assert_eq!(
+        (v2_why["root"].as_str(), v2_why["pointer"].as_str()),
+        (Some("pointer"), Some("a.recsys"))
+    );
+    assert_eq!(
+        kept_by(&dry, &run1)["root"],
+        "lineage",
+        "run records are history"
+    );
+    let kept = env.json(&["gc", "--all-commits", "--json", "--grace", "0s"]);
     assert_eq!(kept["removed_objects"], 0, "v1 is named by an old commit");
     assert!(!env.path("store/tmp/12345-0-leftover").exists());
-    let r = env.json(&["gc", "--json"]);
+    let old = env.json(&[
+        "gc",
+        "--all-commits",
+        "--dry-run",
+        "--json",
+        "--grace",
+        "0s",
+    ]);
+    let commit1 = env.git(&["rev-parse", "HEAD~1"]);
+    assert_eq!(
+        kept_by(&old, &v1)["pointer"],
+        format!("{}:a.recsys", &commit1.trim()[..12]).as_str()
+    );
+    let r = env.json(&["gc", "--json", "--grace", "0s"]);
     assert_eq!(r["removed_objects"], 1);
     assert!(!object_path(&env, &v1).exists());
     assert!(object_path(&env, &v2).exists());
@@ -1029,7 +1086,7 @@ fn kill_9_during_add_push_and_checkout_leaves_a_consistent_store() {
     assert_eq!(
         fs::read_dir(env.path("store/tmp")).unwrap().count(),
         0,
-        "gc removed leftovers"
+        "gc removed leftovers (the grace period is for objects, not temp files)"
     );
     env.ok(&["audit"]);
 }

@@ -1,0 +1,618 @@
+//! Provenance that nothing can lose (issue 10): the reproductions, each
+//! through the binary. `gc --grace 0s` is used wherever a test means "an old
+//! object": everything these tests write is younger than the default hour.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use crate::common::Env;
+
+fn pointer_field(env: &Env, ptr: &str, key: &str) -> String {
+    let text = String::from_utf8(env.read(ptr)).expect("utf8");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("{ptr} has no {key}:\n{text}"))
+        .to_string()
+}
+
+fn object_path(env: &Env, digest: &str) -> std::path::PathBuf {
+    env.path("store").join(&digest[..2]).join(&digest[2..])
+}
+
+/// A project with `dataset_1` (a small synthetic dataset) and `model_v1`
+/// (popularity) trained on it by `recsys train`, served by `config.json`.
+fn served_project() -> Env {
+    let env = Env::new();
+    let mut events = String::from("time_ms,user,movie,kind,value\n");
+    let mut n = 0;
+    for u in 1..=12 {
+        for m in 0..8 {
+            if (u + m) % 3 != 0 {
+                events.push_str(&format!(
+                    "{},{u},movie+{m}+1990,rate,4\n",
+                    1000 + u * 10 + m
+                ));
+                n += 1;
+            }
+        }
+    }
+    env.write("data/dataset_1/events.csv", events);
+    env.write(
+        "data/dataset_1/users.csv",
+        "user,age,gender,occupation\n1,20,M,x\n",
+    );
+    env.write("data/dataset_1/movies.csv", "movie,title,year,genres\n");
+    env.write(
+        "data/dataset_1/requests.csv",
+        "time_ms,user,status,latency_ms,items\n",
+    );
+    env.write(
+        "data/dataset_1/dataset.json",
+        format!(
+            r#"{{"format":1,"source":{{"import":"synthetic"}},"counts":{{"events":{n},"watch":0,"rate":{n},"requests":0,"users":1,"movies":0}}}}"#
+        ),
+    );
+    env.ok(&["add", "data/dataset_1", "--kind", "dataset"]);
+    env.ok(&["train", "--dataset", "dataset_1", "--algo", "popularity"]);
+    env.write("config.json", r#"{"default": "model_v1"}"#);
+    env.commit("dataset, model, config");
+    env
+}
+
+struct Serving {
+    child: Child,
+    port: u16,
+    _out: BufReader<std::process::ChildStdout>,
+}
+
+fn serve(env: &Env) -> Serving {
+    let mut child = env
+        .cmd(&["serve", "--port", "0", "--poll-ms", "200"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn recsys serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read url");
+    let port = line
+        .trim_end()
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    Serving {
+        child,
+        port,
+        _out: out,
+    }
+}
+
+impl Serving {
+    /// `GET /recommend/<user>` on a fresh connection; the request id.
+    fn recommend(&self, user: u32) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET /recommend/{user} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("answer");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("x-request-id")
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no request id in {text}"))
+    }
+
+    /// SIGTERM: finish, flush and close the log into the store.
+    fn stop(mut self) {
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        assert!(self.child.wait().expect("wait").success());
+    }
+}
+
+fn digest_of(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// Why `gc --dry-run --json` keeps `digest` (panics when it does not).
+fn kept_by(env: &Env, digest: &str) -> serde_json::Value {
+    let dry = env.json(&["gc", "--dry-run", "--json", "--grace", "0s"]);
+    dry["kept"]
+        .as_array()
+        .expect("kept list")
+        .iter()
+        .find(|k| k["digest"] == digest)
+        .cloned()
+        .unwrap_or_else(|| panic!("{digest} would be removed: {dry}"))
+}
+
+/// Reproduction 1: every config version that served traffic survives gc,
+/// the live one included (while the server runs, its segment still open).
+#[test]
+fn configs_that_served_traffic_survive_gc() {
+    let env = served_project();
+    let first = digest_of(&env.read("config.json"));
+    let s = serve(&env);
+    let ids: Vec<String> = (1..=5).map(|u| s.recommend(u)).collect();
+    s.stop();
+
+    // A second version (same meaning, other bytes), served while gc runs.
+    env.write("config.json", r#"{ "default": "model_v1" }"#);
+    let second = digest_of(&env.read("config.json"));
+    assert_ne!(first, second);
+    let s = serve(&env);
+    let live_id = s.recommend(7);
+    std::thread::sleep(Duration::from_millis(300)); // past a log batch
+    let why = kept_by(&env, &second);
+    assert_eq!(why["role"], "config", "{why}");
+    env.ok(&["gc", "--grace", "0s"]);
+    assert!(object_path(&env, &second).exists(), "the live config");
+    s.stop();
+    // The config.json of a server that has not answered yet is kept too.
+    env.write("config.json", r#"{"default":  "model_v1"}"#);
+    let third = digest_of(&env.read("config.json"));
+    let s = serve(&env);
+    env.ok(&["gc", "--grace", "0s"]);
+    assert!(object_path(&env, &third).exists(), "the serving config");
+    s.stop();
+
+    env.ok(&["gc", "--grace", "0s"]);
+    for d in [&first, &second, &third] {
+        assert!(object_path(&env, d).exists(), "config {d} was collected");
+    }
+    let why = kept_by(&env, &first);
+    assert_eq!(
+        (why["root"].as_str(), why["role"].as_str()),
+        (Some("segment"), Some("config"))
+    );
+    let out = env.run(&["audit"]);
+    assert!(
+        out.status.success(),
+        "audit: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for id in ids.iter().chain([&live_id]) {
+        let l = env.json(&["lineage", id, "--json"]);
+        assert_eq!(l["notes"], serde_json::json!([]), "{id}: {l}");
+    }
+}
+
+/// Reproduction 2: a retired model that answered requests is kept by gc,
+/// said so by `gc --dry-run`, travels with `push`, and explains its answers
+/// in a fresh clone.
+#[test]
+fn a_retired_model_that_answered_requests_is_kept_and_pushed() {
+    let env = served_project();
+    let v1 = pointer_field(&env, "models/model_v1.bin.recsys", "digest");
+    let v1_bytes = env.read("models/model_v1.bin");
+    let s = serve(&env);
+    let id = s.recommend(3);
+    s.stop();
+
+    // Promote a new model and retire the old one, as a user does.
+    env.ok(&[
+        "train",
+        "--dataset",
+        "dataset_1",
+        "--algo",
+        "popularity",
+        "--test-fraction",
+        "0.3",
+    ]);
+    env.write("config.json", r#"{"default": "model_v2"}"#);
+    fs::remove_file(env.path("models/model_v1.bin.recsys")).expect("retire pointer");
+    fs::remove_file(env.path("models/model_v1.bin")).expect("retire file");
+    env.commit("promote model_v2");
+
+    let why = kept_by(&env, &v1);
+    assert_eq!(why["root"], "segment", "{why}");
+    assert_eq!(why["role"], "model", "{why}");
+    env.ok(&["gc", "--grace", "0s"]);
+    assert!(object_path(&env, &v1).exists(), "the model that answered");
+    env.ok(&["audit"]);
+    let l = env.json(&["lineage", &id, "--json"]);
+    assert_eq!(l["request"]["model"], "model_v1");
+    assert_eq!(l["model"]["run"]["kind"], "train");
+    env.ok(&["checkout", "model_v1"]);
+    assert_eq!(env.read("models/model_v1.bin"), v1_bytes);
+    fs::remove_file(env.path("models/model_v1.bin")).expect("rm again");
+
+    // Pushed although no pointer names it; a clone pulls and explains it.
+    let remote = env.add_origin();
+    env.commit("remote");
+    env.ok(&["push"]);
+    assert!(remote.join(&v1[..2]).join(&v1[2..]).exists(), "pushed");
+    let other = env.tmp.path().join("other");
+    let o = std::process::Command::new("git")
+        .args(["clone", "-q"])
+        .arg(&env.root)
+        .arg(&other)
+        .output()
+        .expect("git clone");
+    assert!(o.status.success());
+    let clone = Env {
+        tmp: tempfile::tempdir().expect("tmp"),
+        root: fs::canonicalize(&other).expect("canon"),
+    };
+    clone.ok(&["init"]);
+    clone.ok(&["pull"]);
+    assert!(
+        object_path(&clone, &v1).exists(),
+        "fetched with its requests"
+    );
+    clone.ok(&["audit"]);
+    let there = clone.json(&["lineage", &id, "--json"]);
+    assert_eq!(there["request"], l["request"]);
+    assert_eq!(there["restore"], l["restore"]);
+}
+
+/// Reproduction 3: `add` and `gc` at once never lose what add stored.
+#[test]
+fn add_and_gc_at_once_never_lose_the_added_object() {
+    let env = Env::new();
+    for i in 0..30 {
+        let rel = format!("data/f{i}.csv");
+        env.write(&rel, format!("version {i} of the data\n").repeat(2000));
+        let spawn = |args: &[&str]| {
+            env.cmd(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        };
+        let add = spawn(&["add", &rel]);
+        let gc = spawn(&["gc", "--grace", "0s"]);
+        for (what, c) in [("add", add), ("gc", gc)] {
+            let o = c.wait_with_output().expect("wait");
+            assert!(
+                o.status.success(),
+                "{what} #{i}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let d = pointer_field(&env, &format!("{rel}.recsys"), "digest");
+        assert!(
+            object_path(&env, &d).exists(),
+            "try {i}: gc took the object add stored"
+        );
+    }
+    let st = env.json(&["status", "--json"]);
+    assert_eq!(st.as_array().expect("list").len(), 30);
+    for a in st.as_array().expect("list") {
+        assert_eq!(a["store"], "present", "{a}");
+    }
+    env.ok(&["audit"]);
+}
+
+/// Reproduction 4: `data/` moved to a bigger disk behind a symlink is still
+/// found by status, audit and gc (and checkout and add work through it); a
+/// pointer file that cannot be read stops gc.
+#[test]
+fn a_data_directory_moved_behind_a_symlink_is_still_tracked() {
+    let env = Env::new();
+    env.write("data/ratings.csv", "u,i,r\n1,2,5\n");
+    env.write("data/d/part-0", "part zero");
+    env.ok(&["add", "data/ratings.csv", "data/d"]);
+    env.commit("data");
+    let file = pointer_field(&env, "data/ratings.csv.recsys", "digest");
+    let dir = pointer_field(&env, "data/d.recsys", "digest");
+    let part = digest_of(b"part zero");
+
+    let big = env.tmp.path().join("bigdisk");
+    fs::create_dir_all(&big).expect("mkdir");
+    fs::rename(env.path("data"), big.join("data")).expect("move data");
+    std::os::unix::fs::symlink(big.join("data"), env.path("data")).expect("symlink");
+
+    let st = env.json(&["status", "--json"]);
+    let names: Vec<&str> = st
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|a| a["path"].as_str().expect("path"))
+        .collect();
+    assert_eq!(names, ["data/d", "data/ratings.csv"], "{st}");
+    assert!(
+        st.as_array()
+            .expect("list")
+            .iter()
+            .all(|a| a["workspace"] == "unchanged")
+    );
+    env.ok(&["audit"]);
+    assert_eq!(kept_by(&env, &part)["pointer"], "data/d.recsys");
+    env.ok(&["gc", "--grace", "0s"]);
+    for d in [&file, &dir, &part] {
+        assert!(object_path(&env, d).exists(), "gc took {d}");
+    }
+    // Through the link, made on this machine (git does not track it).
+    fs::remove_file(env.path("data/ratings.csv")).expect("rm");
+    env.ok(&["checkout", "data/ratings.csv"]);
+    assert_eq!(
+        fs::read(big.join("data/ratings.csv")).expect("restored"),
+        b"u,i,r\n1,2,5\n"
+    );
+    env.write("data/new.csv", "new");
+    env.ok(&["add", "data/new.csv"]);
+    assert!(big.join("data/new.csv.recsys").exists());
+
+    // A pointer that cannot be read: gc removes nothing and names it.
+    env.write("unneeded.bin", "nobody names me");
+    env.ok(&["add", "unneeded.bin"]);
+    let unneeded = pointer_field(&env, "unneeded.bin.recsys", "digest");
+    fs::remove_file(env.path("unneeded.bin.recsys")).expect("rm pointer");
+    env.write("data/broken.recsys", "recsys-pointer: 1\nnot a pointer\n");
+    let err = env.fails(2, &["gc", "--grace", "0s"]);
+    assert!(err.contains("data/broken.recsys:2"), "{err}");
+    assert!(err.contains("removed nothing"), "{err}");
+    assert!(object_path(&env, &unneeded).exists());
+    fs::remove_file(env.path("data/broken.recsys")).expect("rm broken");
+    env.ok(&["gc", "--grace", "0s"]);
+    assert!(!object_path(&env, &unneeded).exists());
+}
+
+/// Reproduction 5: pointer paths (and manifest entries) naming git's or
+/// recsys's own files are refused, with the line, by every command.
+#[test]
+fn pointers_naming_git_or_recsys_files_are_refused_by_every_command() {
+    let env = Env::new();
+    env.write("x.bin", "12345678");
+    env.ok(&["add", "x.bin"]);
+    env.commit("x");
+    let good = String::from_utf8(env.read("x.bin.recsys")).expect("utf8");
+    let git_head = env.read(".git/HEAD");
+    for name in [
+        ".git",
+        "store",
+        "lineage.db",
+        "lineage.db-wal",
+        ".recsys",
+        "log",
+        ".gitignore",
+        "x.bin.recsys",
+    ] {
+        let text = good.replace("path: x.bin", &format!("path: {name}"));
+        env.write("evil.recsys", &text);
+        for args in [
+            &["checkout", "--force", "evil.recsys"][..],
+            &["checkout", "--force"],
+            &["status"],
+            &["push"],
+        ] {
+            let out = env.run(args);
+            assert_eq!(out.status.code(), Some(2), "{name}: {args:?}: {out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("evil.recsys:4"), "{name}: {args:?}: {err}");
+            assert!(err.contains("belongs to"), "{name}: {args:?}: {err}");
+        }
+        let err = env.fails(2, &["gc", "--grace", "0s"]);
+        assert!(err.contains("evil.recsys:4"), "{name}: {err}");
+        let out = env.run(&["audit"]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("bad-pointer: evil.recsys"),
+            "{name}: {out:?}"
+        );
+    }
+    fs::remove_file(env.path("evil.recsys")).expect("rm");
+    assert!(env.path(".git").is_dir() && env.read(".git/HEAD") == git_head);
+    assert!(env.path("store").is_dir() && env.path(".recsys").is_dir());
+    assert!(env.path("x.bin.recsys").is_file());
+    env.ok(&["audit"]);
+
+    // Below the root, `.git` and `.gitignore` are still git's; `store` is
+    // just a name.
+    env.write("data/keep.txt", "mine");
+    for name in [".git", ".gitignore"] {
+        env.write(
+            "data/evil.recsys",
+            good.replace("path: x.bin", &format!("path: {name}")),
+        );
+        let err = env.fails(2, &["checkout", "--force", "data/evil.recsys"]);
+        assert!(err.contains("data/evil.recsys:4"), "{err}");
+        assert!(
+            !env.path(&format!("data/{name}")).exists(),
+            "{name} written"
+        );
+    }
+    env.write(
+        "data/evil.recsys",
+        good.replace("path: x.bin", "path: store"),
+    );
+    env.ok(&["checkout", "data/evil.recsys"]);
+    assert_eq!(env.read("data/store"), b"12345678");
+    fs::remove_file(env.path("data/evil.recsys")).expect("rm");
+
+    // What a user types is checked the same way.
+    for p in [
+        ".git/config",
+        "lineage.db",
+        "store/tmp",
+        "data/.gitignore",
+        "x.bin.recsys",
+    ] {
+        let err = env.fails(2, &["add", p]);
+        assert!(
+            err.contains("belongs to") || err.contains("pointer file"),
+            "{p}: {err}"
+        );
+    }
+
+    // A manifest from a remote with an entry inside `.git`.
+    let inner = digest_of(b"[core]\n");
+    let manifest = format!("recsys-manifest 1\n{inner} 7 644 .git/config\n");
+    let mdigest = digest_of(manifest.as_bytes());
+    let remote = env.add_origin();
+    for (d, bytes) in [
+        (&mdigest, manifest.as_bytes()),
+        (&inner, b"[core]\n".as_slice()),
+    ] {
+        fs::create_dir_all(remote.join(&d[..2])).expect("mkdir");
+        fs::write(remote.join(&d[..2]).join(&d[2..]), bytes).expect("write");
+    }
+    env.write(
+        "sub.recsys",
+        format!("recsys-pointer: 1\npath: sub\ntype: dir\nkind: dataset\nname: dataset_9\ndigest: {mdigest}\nsize: 7\nfiles: 1\n"),
+    );
+    let err = env.fails(2, &["pull", "sub"]);
+    assert!(err.contains("belongs to git"), "{err}");
+    assert!(!env.path("sub").exists());
+}
+
+/// Reproduction 6: an object or a work-tree file edited in place with its
+/// size, inode and mtime restored (`touch -r`) is caught by its change time:
+/// checkout never writes the corrupt object out, status says modified.
+#[test]
+fn edits_in_place_with_the_mtime_restored_are_caught() {
+    let env = Env::new();
+    env.write("m.bin", "original bytes");
+    env.write("w.bin", "work-tree bytes");
+    env.ok(&["add", "m.bin", "w.bin"]);
+    let digest = pointer_field(&env, "m.bin.recsys", "digest");
+    let obj = object_path(&env, &digest);
+    // Proven once (stamps recorded), then removed from the work tree.
+    fs::remove_file(env.path("m.bin")).expect("rm");
+    env.ok(&["checkout", "m.bin"]);
+    env.ok(&["status", "--exit-code"]);
+    fs::remove_file(env.path("m.bin")).expect("rm");
+
+    let edit_in_place = |p: &Path, bytes: &[u8]| {
+        use std::os::unix::fs::MetadataExt;
+        let before = fs::metadata(p).expect("stat");
+        let mode = before.permissions().mode();
+        fs::set_permissions(p, fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::thread::sleep(Duration::from_millis(20));
+        let f = fs::OpenOptions::new().write(true).open(p).expect("open");
+        (&f).write_all(bytes).expect("write");
+        f.set_modified(before.modified().expect("mtime"))
+            .expect("touch -r");
+        drop(f);
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod back");
+        let after = fs::metadata(p).expect("stat");
+        assert_eq!(
+            (after.len(), after.ino(), after.mtime(), after.mtime_nsec()),
+            (
+                before.len(),
+                before.ino(),
+                before.mtime(),
+                before.mtime_nsec()
+            ),
+            "size, inode and mtime as they were"
+        );
+    };
+    edit_in_place(&obj, b"tampered bytes");
+    let err = env.fails(2, &["checkout", "m.bin"]);
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(
+        !env.path("m.bin").exists(),
+        "the corrupt object was written out"
+    );
+    let out = env.run(&["audit"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("corrupt-object: {digest}")));
+
+    edit_in_place(&env.path("w.bin"), b"work-tree BYTES");
+    let st = env.json(&["status", "--json", "w.bin"]);
+    assert_eq!(st[0]["workspace"], "modified", "{st}");
+}
+
+/// Reproduction 7: the request index comes back from the segments, a
+/// damaged lineage.db is set aside and rebuilt, and audit compares the
+/// index with the segments.
+#[test]
+fn the_request_index_always_comes_back() {
+    let env = served_project();
+    let s = serve(&env);
+    let ids: Vec<String> = (1..=12).map(|u| s.recommend(u)).collect();
+    s.stop();
+    env.ok(&["audit"]);
+
+    // The index lost: audit notices, rebuild restores every request.
+    for f in ["lineage.db", "lineage.db-wal", "lineage.db-shm"] {
+        let _ = fs::remove_file(env.path(f));
+    }
+    let out = env.run(&["audit"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("requests-missing-from-index"), "{text}");
+    assert!(text.contains("of its 12 request(s)"), "{text}");
+    let r = env.json(&["lineage", "--rebuild", "--json"]);
+    assert_eq!(r["requests_indexed"], 12, "{r}");
+    for id in &ids {
+        let l = env.json(&["lineage", id, "--json"]);
+        assert_eq!(l["request"]["model"], "model_v1", "{id}");
+        assert_eq!(l["dataset"]["artifact"]["name"], "dataset_1", "{id}");
+    }
+    env.ok(&["audit"]);
+
+    // A row missing from the index, then one the segments never held.
+    let conn = rusqlite::Connection::open(env.path("lineage.db")).expect("open");
+    conn.execute("DELETE FROM requests WHERE id = ?1", [&ids[4]])
+        .expect("delete");
+    drop(conn);
+    let out = env.run(&["audit"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("requests-missing-from-index"), "{text}");
+    assert!(text.contains(&ids[4]), "names the request: {text}");
+    let conn = rusqlite::Connection::open(env.path("lineage.db")).expect("open");
+    conn.execute(
+        "UPDATE requests SET id = 'not-logged-anywhere' WHERE id = ?1",
+        [&ids[5]],
+    )
+    .expect("update");
+    drop(conn);
+    let out = env.run(&["audit"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("requests-missing-from-log"), "{text}");
+    assert!(text.contains("not-logged-anywhere"), "{text}");
+    env.ok(&["lineage", "--rebuild"]);
+    env.ok(&["audit"]);
+
+    // Cut in half: every command says so and how to recover.
+    env.ok(&["ls"]); // the last connection checkpoints the WAL
+    let db = env.path("lineage.db");
+    let len = fs::metadata(&db).expect("stat").len();
+    let f = fs::OpenOptions::new().write(true).open(&db).expect("open");
+    f.set_len(len / 2).expect("truncate");
+    drop(f);
+    for args in [&["status"][..], &["audit"], &["lineage", &ids[0]], &["gc"]] {
+        let err = env.fails(2, args);
+        assert!(err.contains("is damaged"), "{args:?}: {err}");
+        assert!(err.contains("recsys lineage --rebuild"), "{args:?}: {err}");
+    }
+    let out = env.run(&["lineage", "--rebuild"]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let aside = err
+        .lines()
+        .find_map(|l| l.strip_prefix("lineage.db was damaged: set aside as "))
+        .unwrap_or_else(|| panic!("names the set-aside copy: {err}"));
+    assert!(Path::new(aside).exists(), "{aside}");
+    assert!(aside.contains("lineage.db.corrupt-"), "{aside}");
+    assert_eq!(fs::metadata(aside).expect("aside").len(), len / 2);
+    let git = env.git(&["status", "--porcelain"]);
+    assert!(
+        !git.contains("corrupt"),
+        "the copy is ignored by git: {git}"
+    );
+    for id in &ids {
+        env.ok(&["lineage", id]);
+    }
+    env.ok(&["audit"]);
+}
