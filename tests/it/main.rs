@@ -13,3 +13,4 @@ mod provenance;
 mod serve;
 mod serve_limits;
 mod store;
+mod torture;
