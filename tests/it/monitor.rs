@@ -207,9 +207,15 @@ fn batch_and_streaming(sink: &mut dyn Sink) -> (PerModel, PerModel, i64) {
         .rows(STREAMING_SQL, &[])
         .expect("streaming SQL")
         .iter()
-        .map(|r| {
+        .filter_map(|r| {
             closed += r[3].int();
-            (r[0].text(), (r[1].int(), r[2].int()))
+            // The batch query lists only models with a conversion; a model
+            // whose closed windows all came out unconverted is (0, 0) here.
+            // Which answers of a rarely served model count as late depends
+            // on how partitions interleave, so such a row may or may not
+            // appear.
+            let counts = (r[1].int(), r[2].int());
+            (counts != (0, 0)).then(|| (r[0].text(), counts))
         })
         .collect();
     (batch, streaming, closed)
