@@ -19,9 +19,9 @@
 
 use std::time::Instant;
 
-use recsys::lineage::requests::{RequestRecord, ServedBy};
 use recsys::monitor::sink::{Batch, Checkpoint, Offset, Position, Replayed, Sink, Value};
 use recsys::monitor::{JoinConfig, Monitor, MonitorError};
+use recsys::segment::{RequestRecord, ServedBy};
 use recsys::stream::Event;
 
 const T0: i64 = 1_767_312_000_000;

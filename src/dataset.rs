@@ -17,7 +17,7 @@
 //! Reading is strict: headers must match exactly and every defect is a
 //! [`DatasetError`] naming the file and line. This module reads and writes
 //! the directory it is given and nothing else; recording it as a versioned
-//! artifact is [`crate::pipeline`]'s job.
+//! artifact is the pipeline's job.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -29,13 +29,13 @@ use crate::model::Interaction;
 use crate::text::{CLIP, clip, clip_to};
 
 /// Version of the directory layout, recorded in `dataset.json`.
-pub const DATASET_FORMAT: u32 = 1;
+pub(crate) const DATASET_FORMAT: u32 = 1;
 
-pub const EVENTS_CSV: &str = "events.csv";
-pub const REQUESTS_CSV: &str = "requests.csv";
-pub const USERS_CSV: &str = "users.csv";
-pub const MOVIES_CSV: &str = "movies.csv";
-pub const DATASET_JSON: &str = "dataset.json";
+pub(crate) const EVENTS_CSV: &str = "events.csv";
+pub(crate) const REQUESTS_CSV: &str = "requests.csv";
+pub(crate) const USERS_CSV: &str = "users.csv";
+pub(crate) const MOVIES_CSV: &str = "movies.csv";
+pub(crate) const DATASET_JSON: &str = "dataset.json";
 
 const EVENTS_HEADER: [&str; 5] = ["time_ms", "user", "movie", "kind", "value"];
 const REQUESTS_HEADER: [&str; 5] = ["time_ms", "user", "status", "latency_ms", "items"];
@@ -137,13 +137,8 @@ pub struct DatasetMeta {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::fs_error::FsError),
     /// A row or header that does not follow the format. `line` is 1-based.
     #[error("{path}:{line}: {reason}")]
     Malformed {
@@ -162,10 +157,12 @@ fn io_err<'a>(
     op: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> DatasetError + 'a {
-    move |source| DatasetError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        DatasetError::Io(crate::fs_error::FsError {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -260,7 +257,7 @@ impl Dataset {
     /// Write the dataset's five files into `dir` (created if missing;
     /// existing files of the same names are replaced). Deterministic: the
     /// same dataset always gives the same bytes.
-    pub fn write_dir(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn write_dir(&self, dir: &Path) -> Result<()> {
         self.validate()?;
         fs::create_dir_all(dir).map_err(io_err("create", dir))?;
 
@@ -355,7 +352,7 @@ impl Dataset {
 
     /// Parse the five files, handed out by `get(name)`; errors name them
     /// as `dir/<name>`.
-    pub fn from_files(dir: &Path, mut get: impl FnMut(&str) -> Vec<u8>) -> Result<Dataset> {
+    pub(crate) fn from_files(dir: &Path, mut get: impl FnMut(&str) -> Vec<u8>) -> Result<Dataset> {
         let path = |name: &str| dir.join(name);
 
         let meta_path = path(DATASET_JSON);
@@ -426,16 +423,11 @@ impl Dataset {
         let mut users = Vec::new();
         let mut seen_users = BTreeSet::new();
         read_csv(&path(USERS_CSV), &get(USERS_CSV), &USERS_HEADER, |r| {
-            let user: u64 = r.num(0, "user")?;
-            if !seen_users.insert(user) {
-                return Err(format!("user {user} is listed twice"));
+            let u = user_info(r)?;
+            if !seen_users.insert(u.user) {
+                return Err(format!("user {} is listed twice", u.user));
             }
-            users.push(UserInfo {
-                user,
-                age: r.opt_num(1, "age")?,
-                gender: r.opt(2),
-                occupation: r.opt(3),
-            });
+            users.push(u);
             Ok(())
         })?;
 
@@ -599,10 +591,48 @@ impl Row<'_> {
     }
 }
 
+/// A `users.csv` row.
+fn user_info(r: &Row<'_>) -> Result<UserInfo, String> {
+    Ok(UserInfo {
+        user: r.num(0, "user")?,
+        age: r.opt_num(1, "age")?,
+        gender: r.opt(2),
+        occupation: r.opt(3),
+    })
+}
+
+/// `users.csv` alone, for serving (routing on user attributes): a row that
+/// does not parse is skipped and counted, because a bad row must not take
+/// a model out of service, it only loses that user's attributes; a later
+/// row for the same user wins. A wrong header or bytes that are not CSV
+/// are still an error. Returns (users, skipped rows).
+pub(crate) fn read_users_lenient(path: &Path, bytes: &[u8]) -> Result<(Vec<UserInfo>, usize)> {
+    let mut users = Vec::new();
+    let mut skipped = 0;
+    read_csv_rows(path, bytes, &USERS_HEADER, Some(&mut skipped), |r| {
+        users.push(user_info(r)?);
+        Ok(())
+    })?;
+    Ok((users, skipped))
+}
+
 fn read_csv(
     path: &Path,
     bytes: &[u8],
     header: &[&str],
+    each: impl FnMut(&Row<'_>) -> Result<(), String>,
+) -> Result<()> {
+    read_csv_rows(path, bytes, header, None, each)
+}
+
+/// [`read_csv`], but with `skipped` given, a row with the wrong number of
+/// fields or that `each` refuses is counted there instead of failing the
+/// file (the header and the CSV syntax still must be right).
+fn read_csv_rows(
+    path: &Path,
+    bytes: &[u8],
+    header: &[&str],
+    mut skipped: Option<&mut usize>,
     mut each: impl FnMut(&Row<'_>) -> Result<(), String>,
 ) -> Result<()> {
     // Reasons quote input: never let one grow without bound.
@@ -646,13 +676,20 @@ fn read_csv(
             }
             continue;
         }
-        if rec.len() != header.len() {
-            return Err(malformed(
-                line,
-                format!("expected {} fields, got {}", header.len(), rec.len()),
-            ));
+        let row = if rec.len() != header.len() {
+            Err(format!(
+                "expected {} fields, got {}",
+                header.len(),
+                rec.len()
+            ))
+        } else {
+            each(&Row { rec: &rec })
+        };
+        match (row, skipped.as_deref_mut()) {
+            (Ok(()), _) => {}
+            (Err(_), Some(n)) => *n += 1,
+            (Err(reason), None) => return Err(malformed(line, reason)),
         }
-        each(&Row { rec: &rec }).map_err(|reason| malformed(line, reason))?;
     }
     if first {
         return Err(malformed(1, "empty file: no header".into()));
@@ -890,7 +927,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         assert!(matches!(
             Dataset::read_dir(dir.path()),
-            Err(DatasetError::Io { .. })
+            Err(DatasetError::Io(_))
         ));
+    }
+
+    #[test]
+    fn users_for_serving_skip_bad_rows_and_keep_the_rest() {
+        let p = Path::new("users.csv");
+        let (u, skipped) = read_users_lenient(
+            p,
+            b"user,age,gender,occupation\n1,24,M,technician\n2,,F,\"writer, poet\"\nx,1,M,a\n3\n",
+        )
+        .expect("parses");
+        assert_eq!(skipped, 2);
+        assert_eq!(u.len(), 2);
+        assert_eq!((u[0].user, u[0].age), (1, Some(24)));
+        assert_eq!((u[1].user, u[1].age), (2, None));
+        assert_eq!(u[1].occupation.as_deref(), Some("writer, poet"));
+        let err = read_users_lenient(p, b"id,age\n").expect_err("bad header");
+        assert!(err.to_string().contains("header is"), "{err}");
     }
 }

@@ -17,7 +17,7 @@
 static ARMED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Whether this build has crash points at all.
-pub const ENABLED: bool = cfg!(feature = "failpoints");
+pub(crate) const ENABLED: bool = cfg!(feature = "failpoints");
 
 /// Crash at the point named `name` (first call wins; later calls are
 /// ignored). Without the `failpoints` feature this does nothing.

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod dataset;
 pub mod failpoint;
+pub mod fs_error;
 pub mod ingest;
 pub mod lineage;
 pub mod model;
@@ -15,6 +16,7 @@ pub mod movielens;
 pub mod paths;
 pub mod pipeline;
 pub mod progress;
+pub mod segment;
 pub mod serve;
 pub mod store;
 pub mod stream;

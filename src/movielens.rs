@@ -28,7 +28,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -147,14 +146,8 @@ pub enum MovieLensError {
         dir: PathBuf,
     },
     /// A file could not be read.
-    #[error("cannot read {}", path.display())]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::fs_error::FsError),
     /// A RecBole file is not UTF-8.
     #[error("{}:{line}: not valid UTF-8", path.display())]
     NotUtf8 {
@@ -190,16 +183,10 @@ pub fn read_dir(dir: &Path) -> Result<MovieLens, MovieLensError> {
     if dir.join("u.data").is_file() {
         return read_classic(dir);
     }
-    let entries = fs::read_dir(dir).map_err(|source| MovieLensError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let entries = fs::read_dir(dir).map_err(crate::fs_error::io("list", dir))?;
     let mut stems = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| MovieLensError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let entry = entry.map_err(crate::fs_error::io("list", dir))?;
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "inter")
             && path.is_file()
@@ -374,10 +361,7 @@ struct Rows {
 
 impl Rows {
     fn read(path: PathBuf, latin1: bool) -> Result<Self, MovieLensError> {
-        let bytes = fs::read(&path).map_err(|source| MovieLensError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = fs::read(&path).map_err(crate::fs_error::io("read", &path))?;
         let mut lines = Vec::new();
         for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -946,7 +930,7 @@ mod tests {
 
         let dir = fixture(&[("u.data", U_DATA), ("u.user", U_USER)]);
         assert!(
-            matches!(read_dir(dir.path()), Err(MovieLensError::Io { ref path, .. }) if path.ends_with("u.item"))
+            matches!(read_dir(dir.path()), Err(MovieLensError::Io(ref e)) if e.path.ends_with("u.item"))
         );
     }
 

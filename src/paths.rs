@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// The extension of pointer files (`workspace::pointer::EXT`): defined
 /// here, at the bottom, because every path check needs it.
-pub const POINTER_EXT: &str = ".recsys";
+pub(crate) const POINTER_EXT: &str = ".recsys";
 
 /// Why a relative path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,7 +65,7 @@ fn owned_at_root(name: &str) -> Option<&'static str> {
 /// is or lies inside a file or directory git or recsys owns. `at_root`: the
 /// path is relative to the project root (a pointer's artifact), not to a
 /// directory artifact (a manifest entry), so root-only names count.
-pub fn check_not_owned(p: &str, at_root: bool) -> Result<(), PathError> {
+pub(crate) fn check_not_owned(p: &str, at_root: bool) -> Result<(), PathError> {
     for (i, part) in p.split('/').enumerate() {
         let owner = owned_anywhere(part).or(if i == 0 && at_root {
             owned_at_root(part)
@@ -86,12 +86,12 @@ pub fn check_not_owned(p: &str, at_root: bool) -> Result<(), PathError> {
 /// Whether a directory entry named `name` (at any depth below the root) is
 /// never part of a directory artifact: `add` leaves it out and `checkout`
 /// leaves it alone, as git leaves `.git` alone.
-pub fn never_in_artifact(name: &str) -> bool {
+pub(crate) fn never_in_artifact(name: &str) -> bool {
     owned_anywhere(name).is_some()
 }
 
 /// A `/`-separated relative path made only of normal components.
-pub fn check_relative(p: &str) -> Result<(), PathError> {
+pub(crate) fn check_relative(p: &str) -> Result<(), PathError> {
     if p.is_empty() {
         return Err(PathError::Empty);
     }
@@ -110,7 +110,7 @@ pub fn check_relative(p: &str) -> Result<(), PathError> {
 }
 
 /// A single file name: no separators at all.
-pub fn check_file_name(p: &str) -> Result<(), PathError> {
+pub(crate) fn check_file_name(p: &str) -> Result<(), PathError> {
     check_relative(p)?;
     if p.contains('/') {
         return Err(PathError::BadComponent(p.into()));
@@ -122,7 +122,7 @@ pub fn check_file_name(p: &str) -> Result<(), PathError> {
 /// `path` is a symlink: writing through it could land outside the project.
 /// The last component itself may be a symlink (it gets replaced, not
 /// followed).
-pub fn check_no_symlink_ancestors(root: &Path, path: &Path) -> Result<(), PathError> {
+pub(crate) fn check_no_symlink_ancestors(root: &Path, path: &Path) -> Result<(), PathError> {
     let rel = match path.strip_prefix(root) {
         Ok(r) => r,
         Err(_) => {

@@ -435,7 +435,7 @@ fn days_in_month(year: i64, month: i64) -> i64 {
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.f+]` (UTC) into milliseconds since the epoch.
-pub fn parse_time(s: &str) -> Result<i64, ParseError> {
+pub(crate) fn parse_time(s: &str) -> Result<i64, ParseError> {
     let bad = |reason| ParseError::BadTime {
         value: quote(s),
         reason,
@@ -546,7 +546,7 @@ fn movie_id(s: &str) -> Result<Cow<'_, str>, ParseError> {
 
 /// Parses a Kafka message: UTF-8 bytes of one line, optionally ending in
 /// `\n` or `\r\n`.
-pub fn parse_bytes(line: &[u8]) -> Result<Event<'_>, ParseError> {
+pub(crate) fn parse_bytes(line: &[u8]) -> Result<Event<'_>, ParseError> {
     match std::str::from_utf8(line) {
         Ok(s) => parse_line(s),
         Err(e) => Err(ParseError::NotUtf8 {

@@ -7,16 +7,16 @@
 use std::borrow::Cow;
 
 /// How much of an offending value a message quotes.
-pub const CLIP: usize = 200;
+pub(crate) const CLIP: usize = 200;
 
 /// `s` cut to its first [`CLIP`] bytes, with `…` when anything was cut.
-pub fn clip(s: &str) -> Cow<'_, str> {
+pub(crate) fn clip(s: &str) -> Cow<'_, str> {
     clip_to(s, CLIP)
 }
 
 /// `s` cut to its first `max` bytes (rounded down to a character
 /// boundary), with `…` when anything was cut.
-pub fn clip_to(s: &str, max: usize) -> Cow<'_, str> {
+pub(crate) fn clip_to(s: &str, max: usize) -> Cow<'_, str> {
     if s.len() <= max {
         return Cow::Borrowed(s);
     }
@@ -25,6 +25,16 @@ pub fn clip_to(s: &str, max: usize) -> Cow<'_, str> {
         end -= 1;
     }
     Cow::Owned(format!("{}…", &s[..end]))
+}
+
+/// The version number in an artifact name: `dataset_12` with prefix
+/// `dataset_` is 12; anything but plain digits after the prefix is `None`.
+pub(crate) fn number_after(name: &str, prefix: &str) -> Option<u64> {
+    let rest = name.strip_prefix(prefix)?;
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) || rest.len() > 18 {
+        return None;
+    }
+    rest.parse().ok()
 }
 
 #[cfg(test)]
@@ -42,5 +52,14 @@ mod tests {
         let s = format!("a{}", "é".repeat(10));
         assert_eq!(clip_to(&s, 4), "aé…");
         assert_eq!(clip_to(&s, 21), s);
+    }
+
+    #[test]
+    fn numbers_after_prefix() {
+        assert_eq!(number_after("dataset_12", "dataset_"), Some(12));
+        assert_eq!(number_after("model_v3", "model_v"), Some(3));
+        assert_eq!(number_after("dataset_", "dataset_"), None);
+        assert_eq!(number_after("dataset_1a", "dataset_"), None);
+        assert_eq!(number_after("model_v99999999999999999999", "model_v"), None);
     }
 }

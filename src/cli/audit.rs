@@ -22,7 +22,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         super::print_json(&serde_json::json!({ "objects": objects, "problems": problems }))?;
     } else {
         for p in &problems {
-            println!("{p}");
+            super::outln!("{p}")?;
         }
         if problems.is_empty() {
             ctx.say(format!("audited {objects} object(s): no problems"));

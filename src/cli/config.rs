@@ -92,7 +92,7 @@ fn check(a: CheckArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         ));
     } else {
         for p in &problems {
-            println!("{}: {p}", file.display());
+            super::outln!("{}: {p}", file.display())?;
         }
         eprintln!("{}: {} problem(s)", file.display(), problems.len());
     }

@@ -2,8 +2,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::Ctx;
-use crate::ingest::{self, IngestError};
-use crate::pipeline::{self, EvaluateOptions};
+use crate::ingest::IngestError;
+use crate::pipeline::{self, ChainOptions, PipelineError, Step};
 
 /// The whole chain, one command: ingest, check, version, train, evaluate,
 /// register — and optionally promote.
@@ -46,17 +46,43 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     } else {
         ws.root().join(&a.config)
     };
-    if a.promote {
-        // Fail before consuming anything, not after an hour of work.
-        pipeline::check_promotable(&config_path)?;
-    }
-    let ingested = match ingest::run(&ws, &a.source.options(), &bar) {
+    let o = ChainOptions {
+        ingest: a.source.options(),
+        // The chain trains on the dataset it ingests.
+        train: a.train.options(""),
+        promote: a.promote.then_some(config_path),
+    };
+    let mut shown: std::io::Result<()> = Ok(());
+    let mut on_step = |step: Step<'_>| {
+        if a.json || shown.is_err() {
+            return;
+        }
+        match step {
+            Step::Ingested(r) => {
+                if !ctx.quiet {
+                    shown = super::ingest::print_report(r);
+                }
+            }
+            Step::Trained(r) => super::train::report(ctx, r),
+            Step::Evaluated(r) => super::evaluate::report(ctx, r),
+            Step::Promotion(p) => ctx.say(format!(
+                "{}: {}",
+                if p.promoted {
+                    "promoted"
+                } else {
+                    "not promoted"
+                },
+                p.reason
+            )),
+        }
+    };
+    let report = match pipeline::run_chain(&ws, &o, &bar, &mut on_step) {
         Ok(r) => r,
-        Err(IngestError::Drift {
+        Err(PipelineError::Ingest(IngestError::Drift {
             reference,
             findings,
             ..
-        }) => {
+        })) => {
             eprintln!("error: severe drift against {reference}; pipeline stopped before training:");
             for f in &findings {
                 eprintln!("  {f}");
@@ -66,51 +92,9 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    if !a.json && !ctx.quiet {
-        super::ingest::print_report(&ingested)?;
-    }
-    let trained = pipeline::train(&ws, &a.train.options(&ingested.dataset), &bar)?;
-    if !a.json {
-        super::train::report(ctx, &trained);
-    }
-    let evaluated = pipeline::evaluate(
-        &ws,
-        &EvaluateOptions {
-            model: trained.model.clone(),
-            dataset: None,
-        },
-        &bar,
-    )?;
-    if !a.json {
-        super::evaluate::report(ctx, &evaluated);
-    }
-    let promotion = if a.promote {
-        let p =
-            pipeline::promote_if_better(&ws, &config_path, &evaluated, &ingested.dataset, &bar)?;
-        if !a.json {
-            ctx.say(format!(
-                "{}: {}",
-                if p.promoted {
-                    "promoted"
-                } else {
-                    "not promoted"
-                },
-                p.reason
-            ));
-        }
-        Some(p)
-    } else {
-        None
-    };
+    shown?;
     if a.json {
-        super::print_json(&serde_json::json!({
-            "dataset": ingested.dataset,
-            "model": trained.model,
-            "ingest": ingested,
-            "train": trained,
-            "evaluate": evaluated,
-            "promotion": promotion,
-        }))?;
+        super::print_json(&report)?;
     }
     Ok(ExitCode::SUCCESS)
 }

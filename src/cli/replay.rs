@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::Ctx;
-use crate::ingest::{self, replay};
+use crate::ingest::replay;
 
 /// Turn a dataset back into a course-format event stream.
 ///
@@ -54,7 +54,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let ws = ctx.open()?;
     let row = ws.find_artifact(&a.dataset)?;
-    let data = ingest::load_dataset(&ws, &row)?;
+    let data = ws.load_dataset(&row)?;
     let lines = replay::lines(
         &data,
         &replay::ReplayOptions {

@@ -12,7 +12,7 @@ use crate::dataset::{DataEvent, EventKind, RequestEvent};
 use crate::stream::{Event, ParseError, parse_bytes};
 
 /// Longest stretch of a rejected message kept in the quarantine file.
-pub const MAX_QUARANTINED_BYTES: usize = 4096;
+pub(crate) const MAX_QUARANTINED_BYTES: usize = 4096;
 
 /// A message that did not parse.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -166,7 +166,7 @@ impl Collector {
     }
 
     /// The quarantine as JSON lines.
-    pub fn quarantine_jsonl(&self) -> Vec<u8> {
+    pub(crate) fn quarantine_jsonl(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.quarantine.len() * 128);
         for q in &self.quarantine {
             if serde_json::to_writer(&mut out, q).is_ok() {

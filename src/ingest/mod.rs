@@ -41,7 +41,7 @@ pub mod replay;
 pub mod users;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -54,15 +54,15 @@ use crate::dataset::{Dataset, DatasetError, MovieInfo, UserInfo};
 use crate::lineage::{ArtifactRef, ArtifactRow};
 use crate::progress::Progress;
 use crate::store::Digest;
-use crate::workspace::{Kind, Output, RunSpec, Workspace, WorkspaceError};
+use crate::workspace::{Kind, NewDataset, RunSpec, Workspace, WorkspaceError};
 
 use collect::Collector;
 use users::UserError;
 
 /// The file of rejected messages inside an ingested dataset directory.
-pub const QUARANTINE_FILE: &str = "quarantine.jsonl";
+pub(crate) const QUARANTINE_FILE: &str = "quarantine.jsonl";
 /// The consumer group used when none is given.
-pub const DEFAULT_GROUP: &str = "recsys-ingest";
+pub(crate) const DEFAULT_GROUP: &str = "recsys-ingest";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -84,19 +84,10 @@ pub enum IngestError {
         findings: Vec<String>,
         quality: Box<QualityReport>,
     },
-    #[error(
-        "{0} exists but is not a registered dataset; move it away (or `recsys add` it) and rerun"
-    )]
-    Occupied(PathBuf),
     #[error("{0}")]
     Invalid(String),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::fs_error::FsError),
     #[error(transparent)]
     Users(#[from] UserError),
     #[error(transparent)]
@@ -108,10 +99,12 @@ pub enum IngestError {
 pub type Result<T, E = IngestError> = std::result::Result<T, E>;
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> IngestError + 'a {
-    move |source| IngestError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        IngestError::Io(crate::fs_error::FsError {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -382,27 +375,6 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
         "stopped_by": outcome.stopped_by,
     });
 
-    // Write and register.
-    let name = ws.next_name(Kind::Dataset)?;
-    let data_dir = ws.root().join("data");
-    let final_dir = data_dir.join(&name);
-    if final_dir.exists() {
-        // Unregistered (the name is the next free one). A crashed ingest's
-        // own output — renamed into place, killed before record_run
-        // finished — is replaced: its messages were neither recorded nor
-        // committed, so this run has read them again. Anything else is
-        // not ours to delete.
-        if is_ingest_leftover(&final_dir) {
-            std::fs::remove_dir_all(&final_dir).map_err(io("remove", &final_dir))?;
-        } else {
-            return Err(IngestError::Occupied(final_dir));
-        }
-    }
-    let staging = data_dir.join(format!(".ingest-tmp-{name}"));
-    if staging.exists() {
-        // Ours by name: a crashed run's leftovers.
-        std::fs::remove_dir_all(&staging).map_err(io("remove", &staging))?;
-    }
     let dataset = Dataset {
         events,
         requests,
@@ -410,11 +382,6 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
         movies,
         source: source_json.clone(),
     };
-    dataset.write_dir(&staging)?;
-    let qpath = staging.join(QUARANTINE_FILE);
-    write_synced(&qpath, &c.quarantine_jsonl())?;
-    std::fs::rename(&staging, &final_dir).map_err(io("rename into place", &final_dir))?;
-    crate::failpoint::hit("ingest:after-write");
 
     let counts = EventCounts {
         watch: c.watch,
@@ -452,20 +419,22 @@ pub fn run(ws: &Workspace, opts: &IngestOptions, progress: &dyn Progress) -> Res
             path: r.row.path.clone(),
         });
     }
-    let (run_id, added) = ws.record_run(
+    // Written under a temporary name and renamed into place. A crashed
+    // ingest's own output (renamed into place, killed before it was
+    // recorded) is replaced: its messages were neither recorded nor
+    // committed, so this run has read them again. Anything else at the
+    // name is not ours to delete.
+    let (run_id, added) = ws.record_dataset(
+        NewDataset {
+            dataset: &dataset,
+            extra: vec![(QUARANTINE_FILE, c.quarantine_jsonl())],
+            replaceable: Some(&is_ingest_leftover),
+            failpoint: Some("ingest:after-write"),
+        },
         spec,
-        &[Output {
-            path: final_dir.clone(),
-            kind: Some(Kind::Dataset),
-            name: Some(name.clone()),
-        }],
         progress,
     )?;
     crate::failpoint::hit("ingest:after-record");
-    let added = added
-        .into_iter()
-        .next()
-        .ok_or_else(|| IngestError::Invalid("record_run returned no output".into()))?;
 
     // The dataset is durable: now, and only now, move the group forward.
     let next: BTreeMap<i32, i64> = c
@@ -502,13 +471,6 @@ fn is_ingest_leftover(dir: &Path) -> bool {
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .is_some_and(|v| v["source"]["kafka"]["topic"].is_string());
     source_is_kafka && dir.join(QUARANTINE_FILE).is_file()
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(io("create", path))?;
-    f.write_all(bytes).map_err(io("write", path))?;
-    f.sync_all().map_err(io("sync", path))
 }
 
 /// Next offset per partition after the ingest runs recorded for these
@@ -563,9 +525,7 @@ fn previous_dataset(
         .map_err(WorkspaceError::from)?;
     let mut numbered: Vec<(u64, ArtifactRow)> = rows
         .into_iter()
-        .filter_map(|r| {
-            crate::workspace::number_after(&r.name, Kind::Dataset.prefix()).map(|n| (n, r))
-        })
+        .filter_map(|r| crate::text::number_after(&r.name, Kind::Dataset.prefix()).map(|n| (n, r)))
         .collect();
     numbered.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
     for (_, row) in numbered {
@@ -578,7 +538,7 @@ fn previous_dataset(
         if topic.is_some() && its_topic.as_deref() != topic {
             continue;
         }
-        return match load_dataset(ws, &row) {
+        return match ws.load_dataset(&row) {
             Ok(data) => Ok(Some(Reference {
                 row,
                 data,
@@ -595,35 +555,6 @@ fn previous_dataset(
         };
     }
     Ok(None)
-}
-
-/// Read a registered dataset directory from the store (not the work tree,
-/// which may be missing or edited), through a temp dir of links to the
-/// verified objects.
-pub fn load_dataset(ws: &Workspace, row: &ArtifactRow) -> Result<Dataset> {
-    if row.files.is_none() {
-        return Err(IngestError::Invalid(format!(
-            "{} is a single file, not a dataset directory",
-            row.name
-        )));
-    }
-    let manifest = ws.load_manifest(&row.digest)?;
-    let tmp = tempfile::Builder::new()
-        .prefix("recsys-dataset-")
-        .tempdir()
-        .map_err(io("create temp dir for", Path::new(&row.name)))?;
-    for e in &manifest.entries {
-        if e.path.contains('/') {
-            continue; // datasets are flat; nothing nested is read
-        }
-        let obj = ws
-            .store
-            .verified_path(&e.digest)
-            .map_err(WorkspaceError::from)?;
-        let link = tmp.path().join(&e.path);
-        std::os::unix::fs::symlink(&obj, &link).map_err(io("link", &link))?;
-    }
-    Ok(Dataset::read_dir(tmp.path())?)
 }
 
 /// Attributes for each user: the previous dataset's users seed the cache,
@@ -713,7 +644,7 @@ fn movie_table(
 }
 
 /// `toy+story+1995` -> 1995.
-pub fn year_of(id: &str) -> Option<u32> {
+pub(crate) fn year_of(id: &str) -> Option<u32> {
     let last = id.rsplit('+').next()?;
     if last.len() == 4 && last.bytes().all(|b| b.is_ascii_digit()) && id.len() > 4 {
         last.parse().ok().filter(|y| (1870..=2100).contains(y))

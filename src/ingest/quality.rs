@@ -111,7 +111,7 @@ impl Profile {
     }
 
     /// Events per minute of event time, when the span is long enough.
-    pub fn rate_per_minute(&self, t: &Thresholds) -> Option<f64> {
+    pub(crate) fn rate_per_minute(&self, t: &Thresholds) -> Option<f64> {
         (self.span_ms >= t.min_span_ms && self.events >= t.min_events)
             .then(|| self.events as f64 / (self.span_ms as f64 / 60_000.0))
     }
@@ -257,7 +257,7 @@ fn new_movie_share(known: &HashMap<String, u64>, cur: &Profile) -> f64 {
 
 /// Drop exact duplicate watch/rate events; returns how many were dropped.
 /// The survivors end up sorted by (time, user, movie, kind, value).
-pub fn dedupe(events: &mut Vec<DataEvent>) -> u64 {
+pub(crate) fn dedupe(events: &mut Vec<DataEvent>) -> u64 {
     use rayon::slice::ParallelSliceMut;
     let before = events.len();
     events.par_sort_unstable();
@@ -266,7 +266,7 @@ pub fn dedupe(events: &mut Vec<DataEvent>) -> u64 {
 }
 
 /// How many of `items` are not in `known`.
-pub fn count_unknown<'a>(
+pub(crate) fn count_unknown<'a>(
     items: impl IntoIterator<Item = &'a String>,
     known: &HashSet<String>,
 ) -> u64 {
@@ -301,7 +301,7 @@ impl QualityReport {
             .unwrap_or_default()
     }
 
-    pub fn to_metrics(&self) -> serde_json::Value {
+    pub(crate) fn to_metrics(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 }

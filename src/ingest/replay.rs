@@ -33,9 +33,9 @@ use super::{IngestError, Result, io};
 use crate::dataset::{Dataset, EventKind};
 use crate::stream::{Event, is_valid_movie_id};
 
-pub const REPLAY_HOST: &str = "recsys";
-pub const REPLAY_PORT: u16 = 8082;
-pub const REPLAY_ERROR: &str = "request failed";
+pub(crate) const REPLAY_HOST: &str = "recsys";
+pub(crate) const REPLAY_PORT: u16 = 8082;
+pub(crate) const REPLAY_ERROR: &str = "request failed";
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +70,7 @@ pub struct Lines {
 
 /// Synthetic minutes watched before a rating: about `cap * rating / 5`,
 /// +-1 by a hash of user and movie, within 1..=cap.
-pub fn minutes_for(user: u64, movie: &str, rating: u32, cap: u32) -> u32 {
+pub(crate) fn minutes_for(user: u64, movie: &str, rating: u32, cap: u32) -> u32 {
     let cap = cap.max(1);
     // FNV-1a: stable across runs and platforms, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -167,7 +167,7 @@ pub fn lines(d: &Dataset, opts: &ReplayOptions) -> Lines {
 }
 
 /// Write the lines to a file, one per line.
-pub fn write_file(lines: &[(u64, String)], path: &Path) -> Result<u64> {
+pub(crate) fn write_file(lines: &[(u64, String)], path: &Path) -> Result<u64> {
     let f = std::fs::File::create(path).map_err(io("create", path))?;
     let mut w = BufWriter::new(f);
     for (_, l) in lines {

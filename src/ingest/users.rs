@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::dataset::UserInfo;
 
 /// Stop asking the user API after this many failures in a row.
-pub const MAX_CONSECUTIVE_FAILURES: usize = 10;
+pub(crate) const MAX_CONSECUTIVE_FAILURES: usize = 10;
 /// Parallel requests to the user API.
 const API_WORKERS: usize = 8;
 const API_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,12 +41,8 @@ pub enum UserSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    #[error("read user file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::fs_error::FsError),
     #[error("{path}:{line}: not a user record: {reason}")]
     BadRecord {
         path: PathBuf,
@@ -90,7 +86,10 @@ impl ApiUser {
 /// Parse a JSON-lines user file. Blank lines are skipped; any other line
 /// that is not a user record is an error naming its line (the file is the
 /// operator's input, not the stream's, so it should be fixed, not guessed).
-pub fn parse_user_file(path: &Path, text: &str) -> Result<HashMap<u64, UserInfo>, UserError> {
+pub(crate) fn parse_user_file(
+    path: &Path,
+    text: &str,
+) -> Result<HashMap<u64, UserInfo>, UserError> {
     let mut out = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -107,11 +106,9 @@ pub fn parse_user_file(path: &Path, text: &str) -> Result<HashMap<u64, UserInfo>
     Ok(out)
 }
 
-pub fn read_user_file(path: &Path) -> Result<HashMap<u64, UserInfo>, UserError> {
-    let text = std::fs::read_to_string(path).map_err(|source| UserError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+pub(crate) fn read_user_file(path: &Path) -> Result<HashMap<u64, UserInfo>, UserError> {
+    let text =
+        std::fs::read_to_string(path).map_err(crate::fs_error::io("read user file", path))?;
     parse_user_file(path, &text)
 }
 
@@ -130,7 +127,7 @@ pub struct Fetched {
 }
 
 /// `base` + user id, with exactly one `/` between.
-pub fn user_url(base: &str, user: u64) -> String {
+pub(crate) fn user_url(base: &str, user: u64) -> String {
     if base.ends_with('/') {
         format!("{base}{user}")
     } else {
@@ -138,7 +135,7 @@ pub fn user_url(base: &str, user: u64) -> String {
     }
 }
 
-pub fn check_url(base: &str) -> Result<(), UserError> {
+pub(crate) fn check_url(base: &str) -> Result<(), UserError> {
     if base.starts_with("http://") && base.len() > "http://".len() {
         Ok(())
     } else {
@@ -147,7 +144,7 @@ pub fn check_url(base: &str) -> Result<(), UserError> {
 }
 
 /// Ask the API about each of `users` (each once), a few at a time.
-pub fn fetch_users(base: &str, users: &[u64]) -> Fetched {
+pub(crate) fn fetch_users(base: &str, users: &[u64]) -> Fetched {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(API_TIMEOUT))
         .http_status_as_error(false)

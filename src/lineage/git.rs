@@ -52,7 +52,7 @@ impl Git {
 
     /// Whether tracked files differ from HEAD (untracked files do not count,
     /// as with `git describe --dirty`).
-    pub fn is_dirty(&self) -> Result<bool> {
+    pub(crate) fn is_dirty(&self) -> Result<bool> {
         let mut opts = StatusOptions::new();
         opts.include_untracked(false)
             .include_ignored(false)
@@ -61,7 +61,7 @@ impl Git {
         Ok(!st.is_empty())
     }
 
-    pub fn commit_exists(&self, id: &str) -> bool {
+    pub(crate) fn commit_exists(&self, id: &str) -> bool {
         Oid::from_str(id)
             .ok()
             .and_then(|o| self.repo.find_commit(o).ok())
@@ -82,7 +82,7 @@ impl Git {
 
     /// Every pointer file (path relative to the project root, content) in
     /// the tree of commit `id`.
-    pub fn pointer_files_at(&self, id: &str, ext: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    pub(crate) fn pointer_files_at(&self, id: &str, ext: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let oid = Oid::from_str(id).map_err(gerr)?;
         let commit = self.repo.find_commit(oid).map_err(gerr)?;
         let tree = commit.tree().map_err(gerr)?;
@@ -118,7 +118,7 @@ impl Git {
     /// Whether git tracks `rel` (relative to the project root) as a
     /// symlink, in the index or in HEAD's tree: such a link came with
     /// someone's commit.
-    pub fn tracks_symlink(&self, rel: &str) -> Result<bool> {
+    pub(crate) fn tracks_symlink(&self, rel: &str) -> Result<bool> {
         const LINK: u32 = 0o120000;
         let path = self.prefix.join(rel);
         let index = self.repo.index().map_err(gerr)?;
@@ -135,7 +135,7 @@ impl Git {
     }
 
     /// Every commit reachable from any reference.
-    pub fn all_commits(&self) -> Result<Vec<String>> {
+    pub(crate) fn all_commits(&self) -> Result<Vec<String>> {
         let mut walk = self.repo.revwalk().map_err(gerr)?;
         if walk.push_glob("*").is_err() {
             return Ok(Vec::new());

@@ -44,8 +44,8 @@ pub enum LineageError {
     },
     #[error("git: {0}")]
     Git(String),
-    #[error("request log segment {label}: {reason}")]
-    BadSegment { label: String, reason: String },
+    #[error(transparent)]
+    Segment(#[from] crate::segment::SegmentError),
     #[error("unknown git revision {0:?}: {1}")]
     BadRev(String, String),
     #[error(
@@ -108,7 +108,7 @@ impl LineageDb {
     /// Move a damaged database (and its WAL and shared-memory files) aside
     /// as `<name>.corrupt-<ms>` so a new one can be built; returns the new
     /// name of the database file.
-    pub fn set_aside(path: &Path, now_ms: i64) -> Result<PathBuf> {
+    pub(crate) fn set_aside(path: &Path, now_ms: i64) -> Result<PathBuf> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -214,7 +214,7 @@ impl LineageDb {
         Ok(())
     }
 
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+    pub(crate) fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
@@ -234,7 +234,7 @@ impl LineageDb {
     /// Run `f` inside an IMMEDIATE transaction: writers are serialised, so
     /// two processes never hand out the same version name. Rolled back when
     /// `f` fails.
-    pub fn write_txn<T, E: From<LineageError>>(
+    pub(crate) fn write_txn<T, E: From<LineageError>>(
         &self,
         f: impl FnOnce(&Txn<'_>) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
@@ -269,7 +269,7 @@ impl LineageDb {
         .map_err(|e| self.err(e))
     }
 
-    pub fn artifact_by_name(&self, name: &str) -> Result<Option<ArtifactRow>> {
+    pub(crate) fn artifact_by_name(&self, name: &str) -> Result<Option<ArtifactRow>> {
         Ok(
             query_artifacts(&self.conn, "WHERE name = ?1", params![name])
                 .map_err(|e| self.err(e))?
@@ -279,7 +279,7 @@ impl LineageDb {
     }
 
     /// Artifacts whose digest starts with `prefix` (hex).
-    pub fn artifacts_by_digest_prefix(&self, prefix: &str) -> Result<Vec<ArtifactRow>> {
+    pub(crate) fn artifacts_by_digest_prefix(&self, prefix: &str) -> Result<Vec<ArtifactRow>> {
         let hi = format!("{prefix}g");
         query_artifacts(
             &self.conn,
@@ -318,7 +318,7 @@ impl LineageDb {
     }
 
     /// (direction, artifact) edges of a run.
-    pub fn run_edges(&self, id: &Digest) -> Result<Vec<(String, String, Digest)>> {
+    pub(crate) fn run_edges(&self, id: &Digest) -> Result<Vec<(String, String, Digest)>> {
         let mut st = self
             .conn
             .prepare_cached(
@@ -341,7 +341,7 @@ impl LineageDb {
     }
 
     /// Runs that read an artifact.
-    pub fn consumers(&self, digest: &Digest) -> Result<Vec<Digest>> {
+    pub(crate) fn consumers(&self, digest: &Digest) -> Result<Vec<Digest>> {
         let mut st = self
             .conn
             .prepare_cached(
@@ -361,7 +361,7 @@ impl LineageDb {
         Ok(out)
     }
 
-    pub fn run_ids(&self) -> Result<Vec<Digest>> {
+    pub(crate) fn run_ids(&self) -> Result<Vec<Digest>> {
         let mut st = self
             .conn
             .prepare("SELECT id FROM runs ORDER BY started")
@@ -398,7 +398,7 @@ impl LineageDb {
     }
 
     /// Drop every row that can be rebuilt from run records.
-    pub fn clear_index(&mut self) -> Result<()> {
+    pub(crate) fn clear_index(&mut self) -> Result<()> {
         self.write_txn(|tx| {
             tx.tx
                 .execute_batch("DELETE FROM edges; DELETE FROM artifacts; DELETE FROM runs;")
@@ -502,7 +502,7 @@ impl Txn<'_> {
     }
 
     /// Highest number used in `<prefix><n>` names in the index.
-    pub fn max_number(&self, prefix: &str) -> Result<u64> {
+    pub(crate) fn max_number(&self, prefix: &str) -> Result<u64> {
         let mut st = self
             .tx
             .prepare_cached("SELECT name FROM artifacts WHERE name LIKE ?1 || '%'")
@@ -513,7 +513,7 @@ impl Txn<'_> {
         let mut max = 0;
         for row in rows {
             let name = row.map_err(|e| self.err(e))?;
-            if let Some(n) = crate::workspace::number_after(&name, prefix) {
+            if let Some(n) = crate::text::number_after(&name, prefix) {
                 max = max.max(n);
             }
         }
@@ -522,7 +522,7 @@ impl Txn<'_> {
 
     /// The version already registered for these bytes at this path (a
     /// rerun after a crash between indexing and writing the pointer).
-    pub fn artifact_at(
+    pub(crate) fn artifact_at(
         &self,
         digest: &Digest,
         path: &str,
@@ -538,7 +538,7 @@ impl Txn<'_> {
         .next())
     }
 
-    pub fn artifact_by_name(&self, name: &str) -> Result<Option<ArtifactRow>> {
+    pub(crate) fn artifact_by_name(&self, name: &str) -> Result<Option<ArtifactRow>> {
         Ok(query_artifacts(self.tx, "WHERE name = ?1", params![name])
             .map_err(|e| self.err(e))?
             .into_iter()
@@ -548,7 +548,7 @@ impl Txn<'_> {
     /// Index one run record (idempotent). Outputs become artifacts; an output
     /// that reuses a name for other bytes is a [`LineageError::NameConflict`]
     /// and nothing of this run is indexed.
-    pub fn index_run(&self, id: &Digest, r: &RunRecord, origin: &str) -> Result<()> {
+    pub(crate) fn index_run(&self, id: &Digest, r: &RunRecord, origin: &str) -> Result<()> {
         for o in &r.outputs {
             if let Some(existing) = self.artifact_by_name(&o.name)?
                 && existing.digest != o.digest

@@ -11,39 +11,11 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{OptionalExtension, params};
-use serde::{Deserialize, Serialize};
+use rusqlite::params;
+use serde::Serialize;
 
-use super::{LineageDb, LineageError, Result};
-use crate::workspace::SEGMENT_MAGIC;
-
-/// Bumped when the segment layout changes incompatibly. Format 1 repeated
-/// the served-by fields (model, dataset, code, config: ~400 bytes) on every
-/// request line; format 2 defines each once per segment in a
-/// `{"recsys_served":n,...}` line and request lines say `"served":n`.
-/// Both are read.
-pub const SEGMENT_FORMAT: u32 = 2;
-
-/// A format-2 definition line: what answered the lines with `"served":n`.
-#[derive(Debug, Deserialize)]
-struct ServedLine {
-    recsys_served: u64,
-    #[serde(flatten)]
-    by: ServedBy,
-}
-
-/// A format-2 request line.
-#[derive(Debug, Deserialize)]
-struct RequestLine {
-    id: String,
-    time: i64,
-    user: i64,
-    served: u64,
-    route: String,
-    status: String,
-    latency_us: i64,
-    items: Vec<String>,
-}
+use super::{LineageDb, Result};
+use crate::segment::{ParsedSegment, RequestRecord, ServedBy};
 
 /// Migration 1 -> 2: the request tables.
 pub(crate) const SCHEMA_V2: &str = "BEGIN;
@@ -77,37 +49,6 @@ pub(crate) const SCHEMA_V3: &str = "BEGIN IMMEDIATE;
     PRAGMA user_version = 3;
     COMMIT;";
 
-/// What answered a request. Empty strings mean unknown (a model registered
-/// without a dataset input, a project without git).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ServedBy {
-    pub model: String,
-    pub model_digest: String,
-    pub dataset: String,
-    pub dataset_digest: String,
-    pub train_run: String,
-    pub code_commit: String,
-    pub config_digest: String,
-}
-
-/// One logged request, as written to the log and the index.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RequestRecord {
-    /// UUID, hyphenated lower case.
-    pub id: String,
-    /// Unix milliseconds when the answer was produced.
-    pub time: i64,
-    pub user: i64,
-    #[serde(flatten)]
-    pub served: ServedBy,
-    /// The config rule (and split arm) that routed the user.
-    pub route: String,
-    /// `ok`, `fallback_unknown_user`, `fallback_error`.
-    pub status: String,
-    pub latency_us: i64,
-    pub items: Vec<String>,
-}
-
 /// A request as written to the index: borrowed, so the log writer does not
 /// copy what it already holds. `items` is the answer (ids joined by `,`).
 #[derive(Debug, Clone, Copy)]
@@ -138,16 +79,6 @@ impl RequestRecord {
     }
 }
 
-/// First line of every segment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SegmentHeader {
-    /// Always first: see [`SEGMENT_MAGIC`].
-    pub recsys_log_segment: u32,
-    pub name: String,
-    pub host: String,
-    pub opened: i64,
-}
-
 /// A request log segment as indexed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SegmentRow {
@@ -168,14 +99,19 @@ pub struct SegmentRef<'a> {
 
 impl LineageDb {
     /// Index a batch of requests of one open segment in one transaction.
-    pub fn insert_requests(&self, seg: &SegmentRef<'_>, rows: &[RequestRow<'_>]) -> Result<()> {
+    #[cfg(test)]
+    pub(crate) fn insert_requests(
+        &self,
+        seg: &SegmentRef<'_>,
+        rows: &[RequestRow<'_>],
+    ) -> Result<()> {
         self.insert_requests_paced(seg, rows, &mut || {})
     }
 
     /// [`insert_requests`](Self::insert_requests), calling `pace` after
     /// every [`PACE_ROWS`] rows: the server's log writer gives way to
     /// request handlers there instead of holding a core for a whole batch.
-    pub fn insert_requests_paced(
+    pub(crate) fn insert_requests_paced(
         &self,
         seg: &SegmentRef<'_>,
         rows: &[RequestRow<'_>],
@@ -189,7 +125,7 @@ impl LineageDb {
 
     /// Replace every row of a segment by `rows` (recovery after a crash,
     /// indexing a pulled segment), and mark it closed as `digest` when given.
-    pub fn replace_segment_requests(
+    pub(crate) fn replace_segment_requests(
         &self,
         seg: &SegmentRef<'_>,
         rows: &[RequestRow<'_>],
@@ -231,17 +167,6 @@ impl LineageDb {
         })
     }
 
-    pub fn segment_by_name(&self, name: &str) -> Result<Option<SegmentRow>> {
-        self.conn
-            .query_row(
-                "SELECT name, host, opened, closed, digest FROM segments WHERE name = ?1",
-                [name],
-                segment_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))
-    }
-
     /// Every segment, oldest first.
     pub fn segments(&self) -> Result<Vec<SegmentRow>> {
         let mut st = self
@@ -261,7 +186,7 @@ impl LineageDb {
     }
 
     /// The request of `user` closest in time to `at_ms`, within `window_ms`.
-    pub fn request_near(
+    pub(crate) fn request_near(
         &self,
         user: i64,
         at_ms: i64,
@@ -280,31 +205,6 @@ impl LineageDb {
             )?
             .into_iter()
             .next())
-    }
-
-    /// Every distinct (model, dataset) that answered requests, with counts.
-    pub fn served_summary(&self) -> Result<Vec<(ServedBy, u64)>> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT s.model, s.model_digest, s.dataset, s.dataset_digest, s.train_run,
-                        s.code_commit, s.config_digest, count(r.rowid)
-                 FROM served s LEFT JOIN requests r ON r.served = s.id
-                 GROUP BY s.id ORDER BY s.id",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| Ok((served_by(r, 0)?, r.get::<_, i64>(7)? as u64)))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
-    }
-
-    pub fn request_count(&self) -> Result<u64> {
-        self.conn
-            .query_row("SELECT count(*) FROM requests", [], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
-            .map_err(|e| self.err(e))
     }
 
     fn query_requests(&self, tail: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<RequestRecord>> {
@@ -383,7 +283,7 @@ fn ensure_segment(conn: &rusqlite::Connection, seg: &SegmentRef<'_>) -> rusqlite
 }
 
 /// Rows between two calls of an insert's `pace` (well under 0.1 ms).
-pub const PACE_ROWS: usize = 32;
+pub(crate) const PACE_ROWS: usize = 32;
 
 fn insert_rows(
     conn: &rusqlite::Connection,
@@ -447,137 +347,11 @@ fn served_id(conn: &rusqlite::Connection, s: &ServedBy) -> rusqlite::Result<i64>
     .query_row(p, |r| r.get(0))
 }
 
-/// A parsed segment: its header and request records (lines that are not
-/// request records, like drop notes, are skipped).
-pub struct ParsedSegment {
-    pub header: SegmentHeader,
-    pub records: Vec<RequestRecord>,
-    pub bad_lines: usize,
-}
-
-/// Parse a segment's bytes (a closed object, or an open file cut after its
-/// last whole line).
-pub fn parse_segment(label: &str, bytes: &[u8]) -> Result<ParsedSegment, LineageError> {
-    let bad = |reason: String| LineageError::BadSegment {
-        label: label.to_string(),
-        reason,
-    };
-    if !bytes.starts_with(SEGMENT_MAGIC) {
-        return Err(bad("does not start with a segment header".into()));
-    }
-    let mut lines = bytes.split(|b| *b == b'\n');
-    let first = lines.next().unwrap_or_default();
-    let header: SegmentHeader =
-        serde_json::from_slice(first).map_err(|e| bad(format!("header: {e}")))?;
-    let format = header.recsys_log_segment;
-    if !(1..=SEGMENT_FORMAT).contains(&format) {
-        return Err(bad(format!(
-            "format {format} is not supported (this recsys reads 1 to {SEGMENT_FORMAT})"
-        )));
-    }
-    let mut records = Vec::new();
-    let mut bad_lines = 0;
-    let mut served: HashMap<u64, ServedBy> = HashMap::new();
-    for line in lines {
-        if line.is_empty() || line.starts_with(b"{\"recsys_log_dropped\"") {
-            continue;
-        }
-        if format == 1 {
-            match serde_json::from_slice::<RequestRecord>(line) {
-                Ok(r) => records.push(r),
-                Err(_) => bad_lines += 1,
-            }
-            continue;
-        }
-        if line.starts_with(b"{\"recsys_served\"") {
-            match serde_json::from_slice::<ServedLine>(line) {
-                Ok(d) => {
-                    served.insert(d.recsys_served, d.by);
-                }
-                Err(_) => bad_lines += 1,
-            }
-            continue;
-        }
-        // A request naming an undefined served-by cannot be explained.
-        match serde_json::from_slice::<RequestLine>(line) {
-            Ok(r) => match served.get(&r.served) {
-                Some(by) => records.push(RequestRecord {
-                    id: r.id,
-                    time: r.time,
-                    user: r.user,
-                    served: by.clone(),
-                    route: r.route,
-                    status: r.status,
-                    latency_us: r.latency_us,
-                    items: r.items,
-                }),
-                None => bad_lines += 1,
-            },
-            Err(_) => bad_lines += 1,
-        }
-    }
-    Ok(ParsedSegment {
-        header,
-        records,
-        bad_lines,
-    })
-}
-
-/// What a segment names: its header and every distinct served-by (model,
-/// dataset, train run, code, config) its requests were answered by. Format
-/// 2 defines each once, so only those lines are parsed; a format-1 segment
-/// is read whole. A torn or unreadable request line names nothing new.
-pub fn served_in_segment(
-    label: &str,
-    bytes: &[u8],
-) -> Result<(SegmentHeader, Vec<ServedBy>), LineageError> {
-    let bad = |reason: String| LineageError::BadSegment {
-        label: label.to_string(),
-        reason,
-    };
-    if !bytes.starts_with(SEGMENT_MAGIC) {
-        return Err(bad("does not start with a segment header".into()));
-    }
-    let mut lines = bytes.split(|b| *b == b'\n');
-    let first = lines.next().unwrap_or_default();
-    let header: SegmentHeader =
-        serde_json::from_slice(first).map_err(|e| bad(format!("header: {e}")))?;
-    let format = header.recsys_log_segment;
-    if !(1..=SEGMENT_FORMAT).contains(&format) {
-        return Err(bad(format!(
-            "format {format} is not supported (this recsys reads 1 to {SEGMENT_FORMAT})"
-        )));
-    }
-    let mut out: Vec<ServedBy> = Vec::new();
-    for line in lines {
-        let by = if format == 1 {
-            if line.is_empty() || line.starts_with(b"{\"recsys_log_dropped\"") {
-                continue;
-            }
-            match serde_json::from_slice::<RequestRecord>(line) {
-                Ok(r) => r.served,
-                Err(_) => continue,
-            }
-        } else if line.starts_with(b"{\"recsys_served\"") {
-            match serde_json::from_slice::<ServedLine>(line) {
-                Ok(d) => d.by,
-                Err(_) => continue,
-            }
-        } else {
-            continue;
-        };
-        if !out.contains(&by) {
-            out.push(by);
-        }
-    }
-    Ok((header, out))
-}
-
 impl LineageDb {
     /// Every segment with the number of requests the index holds for it,
     /// and the number of requests whose segment row is gone. One scan of
     /// the requests (they are not indexed by segment).
-    pub fn segment_request_counts(&self) -> Result<(Vec<(SegmentRow, u64)>, u64)> {
+    pub(crate) fn segment_request_counts(&self) -> Result<(Vec<(SegmentRow, u64)>, u64)> {
         let mut counts: HashMap<i64, u64> = HashMap::new();
         {
             let mut st = self
@@ -623,7 +397,7 @@ impl LineageDb {
     }
 
     /// The request ids the index holds for segment `name`.
-    pub fn request_ids_of_segment(&self, name: &str) -> Result<Vec<String>> {
+    pub(crate) fn request_ids_of_segment(&self, name: &str) -> Result<Vec<String>> {
         let mut st = self
             .conn
             .prepare(
@@ -640,7 +414,7 @@ impl LineageDb {
 
     /// Drop the whole request index (segments, served-by, requests): it is
     /// rebuilt from the segments.
-    pub fn clear_requests(&self) -> Result<()> {
+    pub(crate) fn clear_requests(&self) -> Result<()> {
         self.write_txn(|tx| {
             tx.tx
                 .execute_batch("DELETE FROM requests; DELETE FROM served; DELETE FROM segments;")
@@ -649,7 +423,7 @@ impl LineageDb {
     }
 
     /// Every distinct served-by the request index holds.
-    pub fn served_all(&self) -> Result<Vec<ServedBy>> {
+    pub(crate) fn served_all(&self) -> Result<Vec<ServedBy>> {
         let mut st = self
             .conn
             .prepare(
@@ -667,7 +441,7 @@ impl LineageDb {
 
 /// Index a parsed segment's requests, replacing whatever rows it had, and
 /// mark it closed as `digest` when given.
-pub fn index_segment(
+pub(crate) fn index_segment(
     db: &LineageDb,
     seg: &ParsedSegment,
     closed: Option<(i64, &str)>,
@@ -785,49 +559,5 @@ mod tests {
         assert_eq!(v, 3);
         let r = db.request_near(3, 5_100, 1_000).expect("query");
         assert_eq!(r.map(|r| r.id).as_deref(), Some("x"));
-    }
-
-    #[test]
-    fn segments_of_format_1_and_2_parse_to_the_same_records() {
-        let by = served();
-        let fields = serde_json::to_value(&by).expect("json");
-        let mut v1 = serde_json::json!({"id": "a", "time": 5, "user": 7, "route": "default",
-            "status": "ok", "latency_us": 3, "items": ["1", "2"]});
-        for (k, val) in fields.as_object().expect("object") {
-            v1[k] = val.clone();
-        }
-        let one = format!(
-            "{{\"recsys_log_segment\":1,\"name\":\"s\",\"host\":\"h\",\"opened\":1}}\n{v1}\n"
-        );
-        let inner = fields.to_string();
-        let def = format!("{{\"recsys_served\":0,{}", &inner[1..]);
-        let two = format!(
-            "{{\"recsys_log_segment\":2,\"name\":\"s\",\"host\":\"h\",\"opened\":1}}\n{def}\n\
-             {{\"recsys_log_dropped\":2,\"time\":4}}\n\
-             {{\"id\":\"a\",\"time\":5,\"user\":7,\"served\":0,\"route\":\"default\",\"status\":\"ok\",\"latency_us\":3,\"items\":[\"1\",\"2\"]}}\n\
-             {{\"id\":\"b\",\"time\":6,\"user\":8,\"served\":9,\"route\":\"default\",\"status\":\"ok\",\"latency_us\":3,\"items\":[]}}\n\
-             {{\"id\":\"c\",\"time\":6,\"us\n"
-        );
-        let p1 = parse_segment("one", one.as_bytes()).expect("format 1");
-        let p2 = parse_segment("two", two.as_bytes()).expect("format 2");
-        // What each names, for the keep-set: the one served-by, either way.
-        for text in [&one, &two] {
-            let (h, named) = served_in_segment("s", text.as_bytes()).expect("served");
-            assert_eq!((h.name.as_str(), named), ("s", vec![by.clone()]));
-        }
-        assert_eq!(p1.records, p2.records);
-        assert_eq!(p2.records.len(), 1);
-        assert_eq!(p2.records[0].served, by);
-        assert_eq!(p2.records[0].items, ["1", "2"]);
-        // An undefined served-by and a torn line are counted, not guessed.
-        assert_eq!(p2.bad_lines, 2);
-        let three = two.replace("\"recsys_log_segment\":2", "\"recsys_log_segment\":3");
-        let err = parse_segment("three", three.as_bytes())
-            .err()
-            .expect("format 3");
-        assert!(
-            err.to_string().contains("format 3 is not supported"),
-            "{err}"
-        );
     }
 }

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::store::Digest;
 
 /// Bumped when the record layout changes incompatibly.
-pub const RUN_FORMAT: u32 = 1;
+pub(crate) const RUN_FORMAT: u32 = 1;
 /// Every run record starts with these bytes: `gc` and `lineage --rebuild`
 /// recognise run records in the store by them.
-pub const RUN_MAGIC: &[u8] = b"{\"recsys_run\":";
+pub(crate) const RUN_MAGIC: &[u8] = b"{\"recsys_run\":";
 
 /// The code that produced a run: the project's git state and recsys itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

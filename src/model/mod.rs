@@ -102,7 +102,7 @@ pub enum Algo {
 }
 
 impl Algo {
-    pub const ALL: [Algo; 3] = [Algo::Svd, Algo::Als, Algo::Popularity];
+    pub(crate) const ALL: [Algo; 3] = [Algo::Svd, Algo::Als, Algo::Popularity];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -234,7 +234,7 @@ impl Model {
         self.n_items
     }
 
-    pub fn n_users(&self) -> usize {
+    pub(crate) fn n_users(&self) -> usize {
         self.user_ids.len()
     }
 
@@ -244,7 +244,7 @@ impl Model {
     }
 
     /// Whether `user` was in the training data (otherwise it is cold-start).
-    pub fn knows_user(&self, user: u32) -> bool {
+    pub(crate) fn knows_user(&self, user: u32) -> bool {
         self.user_index(user).is_some()
     }
 
@@ -254,7 +254,7 @@ impl Model {
     }
 
     /// The `n` most popular items of the training data, most popular first.
-    pub fn popular(&self, n: usize) -> &[u32] {
+    pub(crate) fn popular(&self, n: usize) -> &[u32] {
         &self.popular[..n.min(self.popular.len())]
     }
 
@@ -262,7 +262,7 @@ impl Model {
     /// to the training rating range (unknown users/items fall back to the
     /// biases that exist); for als an unscaled preference; for popularity the
     /// item's training count.
-    pub fn predict(&self, user: u32, item: u32) -> f32 {
+    pub(crate) fn predict(&self, user: u32, item: u32) -> f32 {
         let u = self.user_index(user);
         let i = (item as usize) < self.n_items;
         let i = i.then_some(item as usize);

@@ -26,7 +26,7 @@ use super::report::{self, By};
 use super::sink::Sink;
 
 /// The dashboard page.
-pub const PAGE: &str = include_str!("dashboard.html");
+pub(crate) const PAGE: &str = include_str!("dashboard.html");
 
 pub type SharedSink = Arc<Mutex<Box<dyn Sink + Send>>>;
 
@@ -147,7 +147,7 @@ pub async fn serve(
 
 /// Prometheus text exposition of the monitor's figures: what
 /// monitoring/alerts.yml's online-quality rule reads.
-pub fn metrics_text(sink: &mut dyn Sink) -> Result<String, super::MonitorError> {
+pub(crate) fn metrics_text(sink: &mut dyn Sink) -> Result<String, super::MonitorError> {
     use std::fmt::Write as _;
     let hour = report::report(sink, 3_600_000, By::Model)?;
     let recent = report::report(sink, 6 * 3_600_000, By::Model)?;
@@ -287,7 +287,7 @@ impl AlertState {
         out
     }
 
-    pub fn snapshot(&self) -> BTreeMap<String, bool> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, bool> {
         self.firing
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
@@ -358,7 +358,7 @@ pub fn evaluate(
 }
 
 /// The Slack incoming-webhook body of a notification.
-pub fn slack_body(n: &Notification) -> serde_json::Value {
+pub(crate) fn slack_body(n: &Notification) -> serde_json::Value {
     let (state, color) = if n.firing {
         ("FIRING", "danger")
     } else {
@@ -376,7 +376,7 @@ pub fn slack_body(n: &Notification) -> serde_json::Value {
 }
 
 /// Post a notification; an error names the URL (never blocks forever).
-pub fn post(url: &str, n: &Notification) -> Result<(), String> {
+pub(crate) fn post(url: &str, n: &Notification) -> Result<(), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .build()

@@ -58,7 +58,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 /// Longest answer the join tracks (the serving contract's top 20).
-pub const MAX_ITEMS: usize = 20;
+pub(crate) const MAX_ITEMS: usize = 20;
 const NONE_S: u16 = u16::MAX;
 
 /// Parameters of the join.
@@ -304,11 +304,12 @@ impl Join {
         self.cfg
     }
 
-    pub fn watermark(&self) -> i64 {
+    #[cfg(test)]
+    pub(crate) fn watermark(&self) -> i64 {
         self.marks.watermark
     }
 
-    pub fn marks(&self) -> Marks {
+    pub(crate) fn marks(&self) -> Marks {
         self.marks
     }
 
@@ -327,14 +328,14 @@ impl Join {
     }
 
     /// Take what was emitted since the last call.
-    pub fn drain(&mut self) -> Vec<Output> {
+    pub(crate) fn drain(&mut self) -> Vec<Output> {
         std::mem::take(&mut self.out)
     }
 
     /// A source that has caught up and gone quiet stops holding the
     /// watermark back (the caller decides when; `false` when it speaks
     /// again). Closing windows this allows happens now.
-    pub fn set_idle(&mut self, source: Source, idle: bool) {
+    pub(crate) fn set_idle(&mut self, source: Source, idle: bool) {
         if self.frozen || self.idle[source as usize] == idle {
             return;
         }
@@ -343,7 +344,7 @@ impl Join {
     }
 
     /// Is this time below the watermark (would an input at it be late)?
-    pub fn is_late(&self, time_ms: i64) -> bool {
+    pub(crate) fn is_late(&self, time_ms: i64) -> bool {
         !self.frozen && time_ms < self.marks.watermark
     }
 
@@ -580,7 +581,7 @@ impl Join {
     }
 
     /// A recommendation-request line of the stream.
-    pub fn stream_request(
+    pub(crate) fn stream_request(
         &mut self,
         time_ms: i64,
         user: u64,
@@ -734,7 +735,7 @@ impl Join {
     /// original order, the stored non-late inputs from
     /// [`Join::replay_from`] on through the ordinary methods (nothing is late
     /// and nothing closes meanwhile), then call [`Join::restore`].
-    pub fn recovering(cfg: JoinConfig) -> Join {
+    pub(crate) fn recovering(cfg: JoinConfig) -> Join {
         let mut j = Join::new(cfg);
         j.frozen = true;
         j
@@ -755,7 +756,7 @@ impl Join {
     }
 
     /// How far back (event time) a restart must replay stored inputs.
-    pub fn replay_from(&self, marks: &Marks) -> i64 {
+    pub(crate) fn replay_from(&self, marks: &Marks) -> i64 {
         marks
             .watermark
             .saturating_sub(self.cfg.window_ms.max(self.cfg.match_slack_ms))

@@ -35,12 +35,12 @@ use std::path::PathBuf;
 pub use join::{Answer, Counters, Join, JoinConfig, Marks, Outcome, Output, Source, StreamMatch};
 pub use sink::{Batch, Checkpoint, Sink};
 
-use crate::lineage::requests::RequestRecord;
+use crate::segment::RequestRecord;
 use crate::stream::Event;
 use sink::{AnswerRow, BadRow, EventRow, Position, Replayed};
 
 /// The SQLite file the monitor uses in a project when no `--db` is given.
-pub const DEFAULT_DB: &str = "monitor.db";
+pub(crate) const DEFAULT_DB: &str = "monitor.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
@@ -67,14 +67,12 @@ pub enum MonitorError {
         #[source]
         source: Box<rdkafka::error::KafkaError>,
     },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::fs_error::FsError),
     #[error(transparent)]
     Lineage(#[from] crate::lineage::LineageError),
+    #[error(transparent)]
+    Segment(#[from] crate::segment::SegmentError),
     #[error("monitor http {addr}: {source}")]
     Http {
         addr: String,
@@ -84,7 +82,7 @@ pub enum MonitorError {
 }
 
 /// A UUID as text (hyphenated, lower case).
-pub fn uuid_text(id: u128) -> String {
+pub(crate) fn uuid_text(id: u128) -> String {
     uuid::Uuid::from_u128(id).hyphenated().to_string()
 }
 
@@ -181,12 +179,12 @@ impl Monitor {
 
     /// Where to resume reading `source`'s partition `part` (the next
     /// offset), if anything was ever committed from it.
-    pub fn resume_offset(&self, source: &str, part: i32) -> Option<i64> {
+    pub(crate) fn resume_offset(&self, source: &str, part: i32) -> Option<i64> {
         self.offsets.get(&(source.to_string(), part)).copied()
     }
 
     /// Every stored position of sources starting with `prefix`.
-    pub fn offsets_with_prefix(&self, prefix: &str) -> Vec<(String, i32, i64)> {
+    pub(crate) fn offsets_with_prefix(&self, prefix: &str) -> Vec<(String, i32, i64)> {
         let mut v: Vec<_> = self
             .offsets
             .iter()
@@ -211,7 +209,7 @@ impl Monitor {
     }
 
     /// Rows waiting for the next flush.
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.next.rows() + self.pending.as_ref().map_or(0, Batch::rows)
     }
 
@@ -354,7 +352,7 @@ impl Monitor {
     }
 
     /// See [`Join::set_idle`].
-    pub fn set_idle(&mut self, source: Source, idle: bool) {
+    pub(crate) fn set_idle(&mut self, source: Source, idle: bool) {
         self.join.set_idle(source, idle);
     }
 

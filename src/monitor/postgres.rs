@@ -39,7 +39,7 @@ pub struct PgSink {
 }
 
 /// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let cred = &url[s + 3..at];
@@ -152,11 +152,6 @@ impl PgSink {
         ddl.push_str("CREATE INDEX IF NOT EXISTS mon_answer_items_id ON mon_answer_items (id);\n");
         ddl.push_str(SMALL_TABLES);
         self.run(async |c| c.batch_execute(&ddl).await)
-    }
-
-    /// Whether the raw tables are TimescaleDB hypertables.
-    pub fn uses_timescale(&self) -> bool {
-        self.timescale
     }
 }
 

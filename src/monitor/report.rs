@@ -110,7 +110,7 @@ fn sum(col: &str) -> String {
 }
 
 /// The newest minute with data, plus one minute (exclusive end).
-pub fn until_ms(sink: &mut dyn Sink) -> Result<i64, MonitorError> {
+pub(crate) fn until_ms(sink: &mut dyn Sink) -> Result<i64, MonitorError> {
     let r = sink.rows("SELECT max(minute_ms) FROM mon_minute", &[])?;
     Ok(r.first()
         .and_then(|r| r.first())
@@ -119,7 +119,7 @@ pub fn until_ms(sink: &mut dyn Sink) -> Result<i64, MonitorError> {
 }
 
 /// The bucket bound below which a share `q` of the counts lies.
-pub fn percentile(buckets: &BTreeMap<i64, i64>, q: f64) -> Option<f64> {
+pub(crate) fn percentile(buckets: &BTreeMap<i64, i64>, q: f64) -> Option<f64> {
     let total: i64 = buckets.values().sum();
     if total == 0 {
         return None;
@@ -352,7 +352,7 @@ pub fn health(sink: &mut dyn Sink, until: i64) -> Result<Health, MonitorError> {
 }
 
 /// Gini coefficient of sorted non-negative counts (0: even, →1: one item).
-pub fn gini(sorted: &[i64]) -> Option<f64> {
+pub(crate) fn gini(sorted: &[i64]) -> Option<f64> {
     let n = sorted.len() as f64;
     let total: i64 = sorted.iter().sum();
     if sorted.is_empty() || total == 0 {

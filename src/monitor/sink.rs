@@ -21,19 +21,19 @@ use super::join::{Counters, Marks, Outcome, Provisional, StreamMatch};
 
 /// Upper bounds (ms) of the latency buckets the rollups keep; the last one
 /// stands for +Inf. 400 is a bound, so "share above 400 ms" is exact.
-pub const LATENCY_BUCKETS_MS: [i64; 31] = [
+pub(crate) const LATENCY_BUCKETS_MS: [i64; 31] = [
     1, 2, 3, 5, 7, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 250, 300, 350, 400, 450, 500, 600,
     700, 800, 1_000, 1_500, 2_000, 3_000, 5_000, 10_000, INF_MS,
 ];
 
 /// The +Inf bucket's bound as stored.
-pub const INF_MS: i64 = 1_000_000_000;
+pub(crate) const INF_MS: i64 = 1_000_000_000;
 
 /// A stream answered "available" when it answered 200 within this.
-pub const AVAILABLE_MS: u32 = 600;
+pub(crate) const AVAILABLE_MS: u32 = 600;
 
 /// The bucket bound for a latency in milliseconds.
-pub fn bucket_of(ms: f64) -> i64 {
+pub(crate) fn bucket_of(ms: f64) -> i64 {
     LATENCY_BUCKETS_MS
         .iter()
         .copied()
@@ -41,7 +41,7 @@ pub fn bucket_of(ms: f64) -> i64 {
         .unwrap_or(INF_MS)
 }
 
-pub fn minute_of(ms: i64) -> i64 {
+pub(crate) fn minute_of(ms: i64) -> i64 {
     ms - ms.rem_euclid(60_000)
 }
 
@@ -133,7 +133,7 @@ pub struct MinuteCounts {
 }
 
 impl MinuteCounts {
-    pub const COLUMNS: [&'static str; 14] = [
+    pub(crate) const COLUMNS: [&'static str; 14] = [
         "answers",
         "fallbacks",
         "late_answers",
@@ -221,7 +221,7 @@ impl Batch {
     }
 
     /// Count a stored event into the rollups.
-    pub fn roll_event(&mut self, e: &EventRow) {
+    pub(crate) fn roll_event(&mut self, e: &EventRow) {
         if e.late {
             self.minute(e.time_ms, "-", "-").late_events += 1;
             return;
@@ -263,7 +263,7 @@ impl Batch {
     }
 
     /// Count a stored answer into the rollups.
-    pub fn roll_answer(&mut self, a: &AnswerRow) {
+    pub(crate) fn roll_answer(&mut self, a: &AnswerRow) {
         let m = self.minute(a.time_ms, &a.model, &a.arm);
         if a.late {
             m.late_answers += 1;
@@ -295,7 +295,7 @@ impl Batch {
         }
     }
 
-    pub fn roll_outcome(&mut self, o: &Outcome) {
+    pub(crate) fn roll_outcome(&mut self, o: &Outcome) {
         let m = self.minute(o.time_ms, &o.model, &o.arm);
         m.closed += 1;
         m.converted_10 += i64::from(o.converted_10);
@@ -305,7 +305,7 @@ impl Batch {
 
     /// A resolved stream line: per-model figures of the answer it matched
     /// (stream-wide ones were counted on arrival), or an unlogged answer.
-    pub fn roll_match(&mut self, s: &StreamMatch) {
+    pub(crate) fn roll_match(&mut self, s: &StreamMatch) {
         let Some((model, arm)) = &s.served else {
             if s.status == 200 {
                 self.minute(s.time_ms, "-", "-").stream_unlogged += 1;
@@ -320,7 +320,7 @@ impl Batch {
         }
     }
 
-    pub fn roll_bad(&mut self, at_ms: i64) {
+    pub(crate) fn roll_bad(&mut self, at_ms: i64) {
         self.minute(at_ms, "-", "-").bad += 1;
     }
 }
@@ -400,7 +400,7 @@ pub trait Sink {
 /// The tables both backends create (PostgreSQL adds partitioning and BRIN
 /// indexes, SQLite b-tree indexes). Columns are plain integers and text so
 /// the same SQL reads both.
-pub const TABLE_COLUMNS: &[(&str, &str)] = &[
+pub(crate) const TABLE_COLUMNS: &[(&str, &str)] = &[
     (
         "mon_events",
         "seq BIGINT NOT NULL, time_ms BIGINT NOT NULL, user_id BIGINT NOT NULL, kind TEXT NOT NULL, \
@@ -434,17 +434,8 @@ pub const TABLE_COLUMNS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Raw tables (partitioned by day in PostgreSQL).
-pub const TIME_TABLES: [&str; 5] = [
-    "mon_events",
-    "mon_answers",
-    "mon_answer_items",
-    "mon_outcomes",
-    "mon_stream_requests",
-];
-
 /// Small tables both backends create the same way.
-pub const SMALL_TABLES: &str = "
+pub(crate) const SMALL_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS mon_minute(
     minute_ms BIGINT NOT NULL, model TEXT NOT NULL, arm TEXT NOT NULL,
     answers BIGINT NOT NULL DEFAULT 0, fallbacks BIGINT NOT NULL DEFAULT 0,
@@ -480,7 +471,7 @@ CREATE TABLE IF NOT EXISTS mon_checkpoint(
 ";
 
 /// The minute rollup's upsert (same text for both backends).
-pub fn minute_upsert(placeholder: impl Fn(usize) -> String) -> String {
+pub(crate) fn minute_upsert(placeholder: impl Fn(usize) -> String) -> String {
     let cols = MinuteCounts::COLUMNS;
     let names = cols.join(", ");
     let vals: Vec<String> = (1..=cols.len() + 3).map(&placeholder).collect();
@@ -497,7 +488,7 @@ pub fn minute_upsert(placeholder: impl Fn(usize) -> String) -> String {
 }
 
 /// Replace `$n` placeholders by SQLite's `?n`.
-pub fn sqlite_placeholders(sql: &str) -> String {
+pub(crate) fn sqlite_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -511,7 +502,7 @@ pub fn sqlite_placeholders(sql: &str) -> String {
 }
 
 /// The columns [`Sink::replay`] selects, answers and events in one order.
-pub const REPLAY_SQL: &str = "
+pub(crate) const REPLAY_SQL: &str = "
 SELECT seq, 0 AS k, time_ms, user_id, kind, movie, value, latency_ms, items,
        NULL AS id, NULL AS model, NULL AS dataset, NULL AS arm, NULL AS status, NULL AS latency_us
   FROM mon_events WHERE late = 0 AND kind IN ('watch', 'rec') AND time_ms >= $1
@@ -572,6 +563,6 @@ pub fn replayed(v: &[Value]) -> Option<Replayed> {
 }
 
 /// A checkpoint as stored (JSON in `mon_checkpoint.state`).
-pub fn checkpoint_json(c: &Checkpoint) -> String {
+pub(crate) fn checkpoint_json(c: &Checkpoint) -> String {
     serde_json::to_string(c).unwrap_or_default()
 }

@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::sink::Position;
 use super::{Monitor, MonitorError};
-use crate::lineage::requests::parse_segment;
+use crate::segment::parse_segment;
 
 /// Which kind of messages a topic carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +102,7 @@ impl KafkaInput {
     }
 
     /// Every assigned partition has reported its end since its last message.
-    pub fn caught_up(&self) -> bool {
+    pub(crate) fn caught_up(&self) -> bool {
         self.at_end.len() == self.partitions.len()
     }
 
@@ -225,7 +225,7 @@ impl SegmentInput {
                 }
             }
         }
-        let dir = self.root.join(crate::serve::LOG_DIR);
+        let dir = self.root.join(crate::workspace::LOG_DIR);
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
                 let p = e.path();
@@ -268,9 +268,12 @@ fn read_new(
     f: &mut Followed,
     monitor: &mut Monitor,
 ) -> Result<usize, MonitorError> {
-    let io = |e| MonitorError::Io {
-        path: path.to_path_buf(),
-        source: e,
+    let io = |e| {
+        MonitorError::Io(crate::fs_error::FsError {
+            op: "read",
+            path: path.to_path_buf(),
+            source: e,
+        })
     };
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
@@ -337,7 +340,7 @@ fn read_new(
             Ok(_) => monitor.request_message(pos, line),
             Err(e) => {
                 // The header itself is bad: nothing in this segment can be read.
-                return Err(MonitorError::Lineage(e));
+                return Err(MonitorError::Segment(e));
             }
         }
     }

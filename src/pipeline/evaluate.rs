@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::train::TrainSettings;
-use super::{PipelineError, Result, artifact_ref, find, find_by_digest, load_dataset, load_model};
+use super::{PipelineError, Result, artifact_ref, find, find_by_digest, load_model};
 use crate::lineage::ArtifactRow;
 use crate::model::{self, Interaction, Metrics, Model};
 use crate::progress::Progress;
@@ -96,7 +96,7 @@ pub fn evaluate(
             })?
         }
     };
-    let ds = load_dataset(ws, &ds_art)?;
+    let ds = ws.load_dataset(&ds_art)?;
     let err = |source| PipelineError::Model {
         name: model_art.name.clone(),
         error: source,

@@ -6,11 +6,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{PipelineError, Result, record_dataset};
+use super::{PipelineError, Result};
 use crate::dataset::{Counts, DataEvent, Dataset, EventKind, MovieInfo, UserInfo};
 use crate::movielens::{self, Layout, MovieLens};
 use crate::progress::Progress;
 use crate::store::{Digest, hash_file};
+use crate::workspace::NewDataset;
 use crate::workspace::{RunSpec, Workspace};
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,7 +57,7 @@ fn source_files(dir: &Path, layout: Layout) -> Result<BTreeMap<String, String>> 
 /// MovieLens as a dataset: each rating becomes a `rate` event (time in
 /// milliseconds), users keep age, gender and occupation, movies their
 /// course-style id, title, year and genres.
-pub fn movielens_dataset(ml: &MovieLens, source: serde_json::Value) -> Result<Dataset> {
+pub(crate) fn movielens_dataset(ml: &MovieLens, source: serde_json::Value) -> Result<Dataset> {
     let ids: HashMap<u32, &str> = ml
         .movies
         .iter()
@@ -141,7 +142,16 @@ pub fn import_movielens(
     });
     let counts = ds.counts();
     spec.metrics = serde_json::to_value(counts).unwrap_or_default();
-    let added = record_dataset(ws, &ds, spec, progress)?;
+    let (_, added) = ws.record_dataset(
+        NewDataset {
+            dataset: &ds,
+            extra: Vec::new(),
+            replaceable: None,
+            failpoint: None,
+        },
+        spec,
+        progress,
+    )?;
     Ok(ImportReport {
         dataset: added.name,
         digest: added.digest,

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::train::{TrainSettings, fit};
-use super::{PipelineError, Result, find, find_by_digest, load_dataset, load_model};
+use super::{PipelineError, Result, find, find_by_digest, load_model};
 use crate::lineage::ArtifactRow;
 use crate::model::{self, Header};
 use crate::store::Digest;
@@ -93,7 +93,7 @@ pub fn reproduce(ws: &Workspace, model_q: &str) -> Result<ReproduceReport> {
             run: art.run,
         },
     };
-    let ds = load_dataset(ws, &ds_art)?;
+    let ds = ws.load_dataset(&ds_art)?;
     let f = fit(&ds, &settings, &art.name)?;
     let recorded = model::content_digest(&model, &header);
     let retrained = model::content_digest(

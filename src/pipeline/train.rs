@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PipelineError, Result, artifact_ref, code_string, find, load_dataset, rfc3339};
+use super::{PipelineError, Result, artifact_ref, code_string, find, rfc3339};
 use crate::dataset::Dataset;
 use crate::model::{self, Algo, Header, Interaction, Model, Params, SplitKind};
 use crate::progress::Progress;
@@ -45,7 +45,7 @@ pub struct TrainSettings {
 }
 
 impl TrainSettings {
-    pub fn from_options(o: &TrainOptions, threads: usize) -> Result<TrainSettings> {
+    pub(crate) fn from_options(o: &TrainOptions, threads: usize) -> Result<TrainSettings> {
         if !(o.test_fraction > 0.0 && o.test_fraction < 1.0) {
             return Err(PipelineError::Invalid(format!(
                 "--test-fraction {} must be greater than 0 and less than 1 \
@@ -146,7 +146,7 @@ pub struct TrainReport {
 fn claim_model_file(ws: &Workspace, models: &Path, bytes: &[u8]) -> Result<(String, PathBuf)> {
     let first = ws.next_name(Kind::Model)?;
     let prefix = Kind::Model.prefix();
-    let n0 = crate::workspace::number_after(&first, prefix).unwrap_or(1);
+    let n0 = crate::text::number_after(&first, prefix).unwrap_or(1);
     for n in n0..n0 + 1000 {
         let name = format!("{prefix}{n}");
         let path = models.join(format!("{name}.bin"));
@@ -165,7 +165,7 @@ pub fn train(ws: &Workspace, o: &TrainOptions, progress: &dyn Progress) -> Resul
     let started = ws.now_ms();
     let settings = TrainSettings::from_options(o, rayon::current_num_threads())?;
     let ds_art = find(ws, &o.dataset, Kind::Dataset)?;
-    let ds = load_dataset(ws, &ds_art)?;
+    let ds = ws.load_dataset(&ds_art)?;
     let f = fit(&ds, &settings, &o.dataset)?;
 
     let header = Header {

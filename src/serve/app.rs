@@ -28,7 +28,7 @@ use super::deploy::{Deployment, TOP_N};
 use super::log::{LogEvent, RequestLog};
 use super::metrics::Metrics;
 
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What handlers share: the deployment (swapped whole on reload), the
 /// outcome of the last config load, the metrics and the request log.
@@ -109,14 +109,14 @@ impl AppState {
     }
 
     /// Name the config file `/health` reports on.
-    pub fn watching(&self, config: &std::path::Path) {
+    pub(crate) fn watching(&self, config: &std::path::Path) {
         let mut st = ReloadStatus::clone(&self.reload.load());
         st.config = config.to_path_buf();
         self.reload.store(Arc::new(st));
     }
 
     /// Record the outcome of a reload attempt (metrics and `/health`).
-    pub fn record_reload(&self, outcome: Result<(), &super::deploy::DeployError>) {
+    pub(crate) fn record_reload(&self, outcome: Result<(), &super::deploy::DeployError>) {
         let now = SystemTime::now();
         let prev = self.reload.load_full();
         self.metrics
@@ -144,7 +144,7 @@ impl AppState {
 
     /// Swap in a new deployment atomically: requests in flight finish on
     /// the one they started with.
-    pub fn swap(&self, d: Deployment) {
+    pub(crate) fn swap(&self, d: Deployment) {
         self.metrics.models_loaded.set(d.models.len() as i64);
         self.deployment.store(Some(Arc::new(d)));
     }
@@ -177,7 +177,7 @@ fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response {
 }
 
 /// The header form of a request id.
-pub fn id_header(id: uuid::Uuid) -> HeaderValue {
+pub(crate) fn id_header(id: uuid::Uuid) -> HeaderValue {
     // A hyphenated UUID is always a valid header value.
     HeaderValue::from_str(&id.hyphenated().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -267,7 +267,7 @@ fn request_id(headers: &HeaderMap) -> uuid::Uuid {
 }
 
 /// A user id: decimal digits only, at most i64::MAX (lineage.db's range).
-pub fn parse_user(raw: &str) -> Result<u64, String> {
+pub(crate) fn parse_user(raw: &str) -> Result<u64, String> {
     let shown: String = raw.chars().take(40).collect();
     if raw.is_empty() {
         return Err("bad user id: empty (expected a non-negative integer)".into());

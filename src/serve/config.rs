@@ -149,10 +149,10 @@ pub struct ConfigErrors(pub Vec<ConfigProblem>);
 /// Deepest nesting a config may have. A real one is five levels deep
 /// (`$.rules[0].when.age.min`); serde_json's own limit (128) would answer
 /// deeper input with an opaque "recursion limit exceeded".
-pub const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// Longest salt or rule name, in bytes: both are hashed on every request.
-pub const MAX_HASHED_LEN: usize = 256;
+pub(crate) const MAX_HASHED_LEN: usize = 256;
 
 /// Parse and validate a config; every problem is reported, not just the first.
 ///
@@ -304,7 +304,7 @@ impl<'de> serde::de::Visitor<'de> for ValueSeed<'_> {
 /// naming what it would report opaquely (nesting deeper than
 /// [`MAX_DEPTH`], numbers out of range), with the JSON path where the
 /// reader stopped.
-pub fn read_json(bytes: &[u8]) -> Result<Value, Vec<ConfigProblem>> {
+pub(crate) fn read_json(bytes: &[u8]) -> Result<Value, Vec<ConfigProblem>> {
     let state = std::cell::RefCell::new(ReadState::default());
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let res = serde::de::DeserializeSeed::deserialize(ValueSeed(&state), &mut de)
@@ -740,7 +740,7 @@ impl RouterConfig {
     }
 
     /// Each model with the JSON paths that name it (for `config check`).
-    pub fn model_paths(&self) -> Vec<(String, String)> {
+    pub(crate) fn model_paths(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if let Some(d) = &self.default {
             out.push(("$.default".to_string(), d.clone()));

@@ -8,14 +8,13 @@ use std::sync::Arc;
 
 use super::config::{self, ConfigErrors, Router, RouterConfig, UserAttrs};
 use super::metrics::{Metrics, ModelCounters};
-use super::users::parse_users_csv;
-use crate::lineage::requests::ServedBy;
 use crate::model::{self, Model, ModelError};
+use crate::segment::ServedBy;
 use crate::store::{Digest, StoreError};
 use crate::workspace::{Workspace, WorkspaceError};
 
 /// Most ids in one answer.
-pub const TOP_N: usize = 20;
+pub(crate) const TOP_N: usize = 20;
 
 /// Largest config.json read by default (`recsys serve --max-config-bytes`).
 pub const DEFAULT_MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -115,7 +114,7 @@ fn file_kind(t: std::fs::FileType) -> &'static str {
 /// non-blocking so a FIFO swapped in between cannot hang the open, and
 /// checked again on the open descriptor), of at most `max` bytes (a file
 /// growing while read is cut at `max + 1` and refused).
-pub fn read_config(path: &Path, max: u64) -> Result<Vec<u8>, DeployError> {
+pub(crate) fn read_config(path: &Path, max: u64) -> Result<Vec<u8>, DeployError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let read_err = |source| DeployError::ReadConfig {
@@ -179,7 +178,7 @@ pub struct Served {
 
 impl Served {
     /// Who answered, for the request log.
-    pub fn served_by(&self, config_digest: &str) -> ServedBy {
+    pub(crate) fn served_by(&self, config_digest: &str) -> ServedBy {
         ServedBy {
             model: self.name.clone(),
             model_digest: self.digest.hex(),
@@ -331,7 +330,7 @@ pub fn load(
 
 /// Where a model's bytes are read from: the work-tree copy when it exists,
 /// else the store object.
-pub fn model_source(ws: &Workspace, art: &crate::lineage::ArtifactRow) -> PathBuf {
+pub(crate) fn model_source(ws: &Workspace, art: &crate::lineage::ArtifactRow) -> PathBuf {
     if let Some(p) = &art.path {
         let abs = ws.root().join(p);
         if abs.is_file() {
@@ -420,7 +419,11 @@ fn read_users(
     dataset: &Digest,
 ) -> Result<Option<(HashMap<u64, UserAttrs>, usize)>, String> {
     let manifest = ws.load_manifest(dataset).map_err(|e| e.to_string())?;
-    let Some(entry) = manifest.entries.iter().find(|e| e.path == "users.csv") else {
+    let Some(entry) = manifest
+        .entries
+        .iter()
+        .find(|e| e.path == crate::dataset::USERS_CSV)
+    else {
         return Ok(None);
     };
     let p = ws
@@ -428,12 +431,26 @@ fn read_users(
         .verified_path(&entry.digest)
         .map_err(|e| e.to_string())?;
     let bytes = std::fs::read(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
-    parse_users_csv(&bytes).map(Some)
+    let (rows, skipped) =
+        crate::dataset::read_users_lenient(Path::new(crate::dataset::USERS_CSV), &bytes)
+            .map_err(|e| e.to_string())?;
+    let users = rows
+        .into_iter()
+        .map(|u| {
+            let attrs = UserAttrs {
+                age: u.age,
+                gender: u.gender,
+                occupation: u.occupation,
+            };
+            (u.user, attrs)
+        })
+        .collect();
+    Ok(Some((users, skipped)))
 }
 
 /// Stat stamps of everything a set of model versions is read from, for the
 /// watcher: (registered digest, stamp of the file the bytes come from).
-pub fn model_fingerprint(ws: &Workspace, names: &[String]) -> Vec<(String, String)> {
+pub(crate) fn model_fingerprint(ws: &Workspace, names: &[String]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for n in names {
         let entry = match ws.lineage.artifact_by_name(n) {
@@ -453,7 +470,7 @@ pub fn model_fingerprint(ws: &Workspace, names: &[String]) -> Vec<(String, Strin
 /// bits, device, inode, size, mtime and ctime (a `chmod` changes ctime),
 /// through symlinks; or the error that hides them. `stat` never blocks on
 /// a FIFO or a device.
-pub fn stamp(p: &Path) -> String {
+pub(crate) fn stamp(p: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(p) {
         Ok(m) => format!(

@@ -32,7 +32,7 @@ pub struct KafkaLogOptions {
 }
 
 /// The default topic for logged requests.
-pub const DEFAULT_TOPIC: &str = "recsys-requests";
+pub(crate) const DEFAULT_TOPIC: &str = "recsys-requests";
 
 /// How long shutdown waits for lines still in flight.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -75,7 +75,7 @@ impl Default for Limits {
 /// A connection younger than this is not evicted to make room for another
 /// at the cap (a real client needs a moment to send its request); under
 /// file-descriptor exhaustion any idle connection may be.
-pub const MIN_EVICT_AGE: Duration = Duration::from_millis(250);
+pub(crate) const MIN_EVICT_AGE: Duration = Duration::from_millis(250);
 
 /// Largest request head, in bytes (hyper answers a larger one with 431).
 const MAX_HEAD_BYTES: usize = 64 * 1024;

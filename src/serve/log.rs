@@ -36,22 +36,18 @@ use super::deploy::Served;
 use super::kafka::{KafkaLogError, KafkaLogOptions, KafkaSink};
 use super::metrics::Metrics;
 use super::warn::{WarnGate, now_ms};
-use crate::lineage::requests::{
-    RequestRow, SEGMENT_FORMAT, SegmentHeader, SegmentRef, ServedBy, index_segment, parse_segment,
-};
+use crate::lineage::requests::{RequestRow, SegmentRef, index_segment};
 use crate::lineage::{LineageDb, LineageError};
+use crate::segment::{
+    self, SEGMENT_FORMAT, SegmentHeader, ServedBy, header_line, parse_segment, write_request_line,
+    write_served_line,
+};
 use crate::store::{Digest, LocalStore, StoreError};
-use crate::workspace::SEGMENT_MAGIC;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::fs_error::FsError),
     #[error(transparent)]
     Lineage(#[from] LineageError),
     #[error(transparent)]
@@ -62,7 +58,7 @@ pub enum LogError {
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LogError + use<> {
     let path = path.to_path_buf();
-    move |source| LogError::Io { op, path, source }
+    move |source| LogError::Io(crate::fs_error::FsError { op, path, source })
 }
 
 /// Where and how the log is written.
@@ -130,8 +126,6 @@ enum Msg {
     Event(LogEvent),
     /// Write what is queued, then acknowledge.
     Flush(SyncSender<()>),
-    /// Close the open segment, then acknowledge.
-    Rotate(SyncSender<()>),
     /// Write what is queued, close the segment, acknowledge and stop.
     Shutdown(SyncSender<()>),
 }
@@ -205,11 +199,6 @@ impl RequestLog {
     /// Write everything queued so far (blocking; not for request handlers).
     pub fn flush(&self) {
         self.control(Msg::Flush)
-    }
-
-    /// Close the open segment into the store (blocking).
-    pub fn rotate(&self) {
-        self.control(Msg::Rotate)
     }
 
     fn control(&self, make: fn(SyncSender<()>) -> Msg) {
@@ -330,21 +319,6 @@ fn served_key(ev: &LogEvent) -> (usize, usize) {
     )
 }
 
-/// Append a JSON string (quoted, escaped).
-fn push_json_str(buf: &mut Vec<u8>, s: &str) {
-    // Item ids and routes are nearly always plain: no escaping to do.
-    if s.bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
-    {
-        buf.push(b'"');
-        buf.extend_from_slice(s.as_bytes());
-        buf.push(b'"');
-        return;
-    }
-    // Serialising a &str cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, s);
-}
-
 /// `"model":..,"model_digest":..,...` for a line: the fields of `ServedBy`.
 fn served_fields(s: &ServedBy) -> String {
     let v = serde_json::to_value(s).unwrap_or_default();
@@ -383,10 +357,6 @@ impl Writer {
                                 ack = Some((a, false));
                                 break;
                             }
-                            Ok(Msg::Rotate(a)) => {
-                                ack = Some((a, true));
-                                break;
-                            }
                             Ok(Msg::Shutdown(a)) => {
                                 ack = Some((a, true));
                                 closed = true;
@@ -407,7 +377,6 @@ impl Writer {
                     }
                 }
                 Ok(Msg::Flush(a)) => ack = Some((a, false)),
-                Ok(Msg::Rotate(a)) => ack = Some((a, true)),
                 Ok(Msg::Shutdown(a)) => {
                     ack = Some((a, true));
                     closed = true;
@@ -420,7 +389,7 @@ impl Writer {
                 while let Ok(m) = rx.try_recv() {
                     match m {
                         Msg::Event(ev) => batch.push(ev),
-                        Msg::Flush(a) | Msg::Rotate(a) | Msg::Shutdown(a) => {
+                        Msg::Flush(a) | Msg::Shutdown(a) => {
                             let _ = a.send(());
                         }
                     }
@@ -578,12 +547,10 @@ impl Writer {
         let to_kafka = self.kafka.is_some();
         let dropped = self.dropped.load(Ordering::Relaxed);
         if dropped != self.dropped_noted {
-            let note = serde_json::json!({"recsys_log_dropped": dropped - self.dropped_noted, "time": now_ms()});
-            let note = note.to_string();
+            let note = segment::dropped_line(dropped - self.dropped_noted, now_ms());
             buf.extend_from_slice(note.as_bytes());
-            buf.push(b'\n');
             if to_kafka {
-                kafka_buf.extend_from_slice(note.as_bytes());
+                kafka_buf.extend_from_slice(note.trim_end().as_bytes());
                 kafka_lines.push((kafka_buf.len(), None));
             }
             self.dropped_noted = dropped;
@@ -602,33 +569,26 @@ impl Writer {
                     n
                 }
             };
-            // Same fields as `RequestRecord` (format 2: served-by by
-            // number), written by hand: this runs for every answer.
             let start = buf.len();
-            buf.extend_from_slice(b"{\"id\":\"");
-            buf.extend_from_slice(
-                e.id.hyphenated()
-                    .encode_lower(&mut uuid::Uuid::encode_buffer())
-                    .as_bytes(),
+            let id = e.id.hyphenated();
+            let (head_end, tail_start) = write_request_line(
+                &mut buf,
+                id.encode_lower(&mut uuid::Uuid::encode_buffer()),
+                e.time_ms,
+                e.user,
+                n,
+                &e.route,
+                e.status,
+                u64::from(e.latency_us),
+                &e.body,
             );
-            let _ = write!(buf, "\",\"time\":{},\"user\":{},", e.time_ms, e.user);
-            let head_end = buf.len();
-            let _ = write!(buf, "\"served\":{n}");
-            let tail_start = buf.len();
-            buf.extend_from_slice(b",\"route\":");
-            push_json_str(&mut buf, &e.route);
-            buf.extend_from_slice(b",\"status\":");
-            push_json_str(&mut buf, e.status);
-            let _ = write!(buf, ",\"latency_us\":{},\"items\":", e.latency_us);
-            push_items(&mut buf, &e.body);
-            buf.push(b'}');
             if to_kafka {
                 kafka_buf.extend_from_slice(&buf[start..head_end]);
                 kafka_buf.extend_from_slice(served.fields.as_bytes());
-                kafka_buf.extend_from_slice(&buf[tail_start..]);
+                // Without the newline: the sink sends one line per message.
+                kafka_buf.extend_from_slice(&buf[tail_start..buf.len() - 1]);
                 kafka_lines.push((kafka_buf.len(), Some(e.user)));
             }
-            buf.push(b'\n');
         }
         seg.file
             .write_all(&buf)
@@ -648,46 +608,6 @@ impl Writer {
     }
 }
 
-/// `{"recsys_served":n,<fields>}`: what answered the lines that follow
-/// with `"served":n`, defined once per segment.
-fn write_served_line(buf: &mut Vec<u8>, n: u32, fields: &str) {
-    let _ = write!(buf, "{{\"recsys_served\":{n},");
-    buf.extend_from_slice(fields.as_bytes());
-    buf.extend_from_slice(b"}\n");
-}
-
-/// The answer's item ids (joined by `,`) as a JSON array of strings, in
-/// one pass when no id needs escaping (the usual case).
-fn push_items(buf: &mut Vec<u8>, body: &[u8]) {
-    if body.is_empty() {
-        buf.extend_from_slice(b"[]");
-        return;
-    }
-    if body
-        .iter()
-        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
-        buf.reserve(body.len() * 3 + 4);
-        buf.extend_from_slice(b"[\"");
-        for (j, item) in body.split(|b| *b == b',').enumerate() {
-            if j > 0 {
-                buf.extend_from_slice(b"\",\"");
-            }
-            buf.extend_from_slice(item);
-        }
-        buf.extend_from_slice(b"\"]");
-        return;
-    }
-    buf.push(b'[');
-    for (j, item) in String::from_utf8_lossy(body).split(',').enumerate() {
-        if j > 0 {
-            buf.push(b',');
-        }
-        push_json_str(buf, item);
-    }
-    buf.push(b']');
-}
-
 fn open_segment(opts: &LogOptions) -> Result<OpenSegment, LogError> {
     let name = format!("seg-{}", uuid::Uuid::now_v7().hyphenated());
     let path = opts.dir.join(format!("open-{name}.jsonl"));
@@ -698,9 +618,7 @@ fn open_segment(opts: &LogOptions) -> Result<OpenSegment, LogError> {
         host: opts.host.clone(),
         opened,
     };
-    let mut line = serde_json::to_vec(&header).unwrap_or_default();
-    line.push(b'\n');
-    debug_assert!(line.starts_with(SEGMENT_MAGIC));
+    let line = header_line(&header);
     let mut file = OpenOptions::new()
         .create_new(true)
         .append(true)
@@ -786,51 +704,4 @@ pub fn recover(dir: &Path, db: &LineageDb, store: &LocalStore) -> Result<Vec<Str
         ));
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{push_items, push_json_str};
-
-    #[test]
-    fn items_become_a_json_array_of_strings() {
-        for body in [
-            "",
-            "1",
-            "12,345,6",
-            "a\"b,c\\d",
-            "x\ny,caf\u{e9}",
-            ",",
-            "1,,2",
-        ] {
-            let mut buf = Vec::new();
-            push_items(&mut buf, body.as_bytes());
-            let back: Vec<String> = serde_json::from_slice(&buf).expect("valid JSON array");
-            let want: Vec<&str> = if body.is_empty() {
-                Vec::new()
-            } else {
-                body.split(',').collect()
-            };
-            assert_eq!(back, want, "{body:?}");
-        }
-    }
-
-    #[test]
-    fn json_strings_round_trip_with_and_without_escaping() {
-        for s in [
-            "",
-            "1234",
-            "split:model_v1",
-            "a\"quote",
-            "back\\slash",
-            "tab\tand\nnewline",
-            "\u{7f}del",
-            "café ☕",
-        ] {
-            let mut buf = Vec::new();
-            push_json_str(&mut buf, s);
-            let back: String = serde_json::from_slice(&buf).expect("valid JSON string");
-            assert_eq!(back, s);
-        }
-    }
 }

@@ -34,7 +34,7 @@ pub struct RequestIdLabel {
 /// Latency bucket bounds (seconds). 0.4 is one of them exactly, so "share
 /// of answers slower than 400 ms" needs no interpolation; 0.6 is the
 /// serving contract's limit.
-pub const LATENCY_BUCKETS: [f64; 16] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 16] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5,
     0.6, 1.0,
 ];
@@ -107,7 +107,7 @@ impl CloseReason {
 }
 
 /// The kinds a failed config load is reported as (`DeployError::kind`).
-pub const RELOAD_ERROR_KINDS: &[&str] = &[
+pub(crate) const RELOAD_ERROR_KINDS: &[&str] = &[
     "read",
     "not_a_file",
     "too_large",
@@ -282,7 +282,7 @@ impl Metrics {
         }
     }
 
-    pub fn for_model(&self, model: &str) -> ModelCounters {
+    pub(crate) fn for_model(&self, model: &str) -> ModelCounters {
         let fb = |reason: &str| {
             self.fallbacks.get_or_create_owned(&FallbackLabels {
                 model: model.into(),
@@ -348,7 +348,7 @@ impl Metrics {
         }
     }
 
-    pub fn connection_closed(&self, reason: CloseReason) {
+    pub(crate) fn connection_closed(&self, reason: CloseReason) {
         self.closed_connections
             .get_or_create(&ReasonLabels {
                 reason: reason.label().into(),
@@ -356,7 +356,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn connection_rejected(&self) {
+    pub(crate) fn connection_rejected(&self) {
         self.rejected_connections
             .get_or_create(&ReasonLabels {
                 reason: "over_limit".into(),
@@ -364,7 +364,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn accept_error(&self, kind: &str) {
+    pub(crate) fn accept_error(&self, kind: &str) {
         self.accept_errors
             .get_or_create(&KindLabels { kind: kind.into() })
             .inc();

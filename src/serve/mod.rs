@@ -18,7 +18,6 @@ pub mod kafka;
 pub mod listener;
 pub mod log;
 pub mod metrics;
-mod users;
 mod warn;
 
 use std::collections::HashMap;
@@ -38,9 +37,6 @@ pub use log::{LogOptions, RequestLog};
 pub use metrics::Metrics;
 
 use crate::workspace::{Settings, Workspace, WorkspaceError};
-
-/// Where the request log lives, relative to the project root.
-pub const LOG_DIR: &str = "log/requests";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -84,7 +80,7 @@ impl ServeOptions {
     /// logging to `log/requests/` on `host`.
     pub fn new(root: PathBuf, host: String) -> ServeOptions {
         let log = LogOptions::new(
-            root.join(LOG_DIR),
+            root.join(crate::workspace::LOG_DIR),
             root.join(crate::workspace::LINEAGE_DB),
             root.join(crate::workspace::STORE_DIR),
             host,

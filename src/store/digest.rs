@@ -20,7 +20,7 @@ impl Digest {
 
     /// Append the 64 hex digits to `s` (no allocation: manifests write
     /// one per file).
-    pub fn push_hex(&self, s: &mut String) {
+    pub(crate) fn push_hex(&self, s: &mut String) {
         let mut buf = [0u8; 64];
         for (i, b) in self.0.iter().enumerate() {
             buf[2 * i] = HEX[(b >> 4) as usize];

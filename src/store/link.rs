@@ -25,7 +25,7 @@ pub enum LinkMode {
 /// Create `dst` (which must not exist) from `object`, a verified object of
 /// `size` bytes when known (a manifest entry's). `None` means the default: reflink where the filesystem
 /// supports it, else copy. Returns the mode actually used.
-pub fn materialize(
+pub(crate) fn materialize(
     object: &Path,
     dst: &Path,
     mode: Option<LinkMode>,

@@ -48,7 +48,7 @@ impl LocalStore {
 
     /// Open the project's own store, with its state database (object stamps
     /// and the work-tree stat cache).
-    pub fn open_with_state(root: &Path) -> Result<LocalStore> {
+    pub(crate) fn open_with_state(root: &Path) -> Result<LocalStore> {
         let mut s = LocalStore::open(root, &root.display().to_string())?;
         s.state = Some(StateDb::open(&root.join("state.db"))?);
         Ok(s)
@@ -67,7 +67,7 @@ impl LocalStore {
         self.root.join(&hex[..2]).join(&hex[2..])
     }
 
-    pub fn tmp_dir(&self) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
@@ -76,7 +76,7 @@ impl LocalStore {
     /// into place, so its bytes are not copied. Falls back to a verified
     /// copy when the file is on another filesystem. The file is gone
     /// afterwards either way.
-    pub fn adopt(&self, file: &Path, digest: &Digest) -> Result<()> {
+    pub(crate) fn adopt(&self, file: &Path, digest: &Digest) -> Result<()> {
         let _lock = self.lock(false)?;
         let dst = self.object_path(digest);
         if dst.exists() {
@@ -132,7 +132,7 @@ impl LocalStore {
     /// The object's path after making sure its bytes still hash to its
     /// name. An object whose stat stamp (size, mtime, inode) is unchanged
     /// since it was last verified is trusted without re-hashing.
-    pub fn verified_path(&self, d: &Digest) -> Result<PathBuf> {
+    pub(crate) fn verified_path(&self, d: &Digest) -> Result<PathBuf> {
         let p = self.object_path(d);
         let meta = match fs::metadata(&p) {
             Ok(m) => m,
@@ -163,7 +163,7 @@ impl LocalStore {
     /// [`LocalStore::verified_path`] for many objects: stamps are read in
     /// one batch and only objects whose stamp changed are re-hashed (in
     /// parallel). Fails on the first missing or corrupt object.
-    pub fn verified_paths(&self, ds: &[Digest]) -> Result<Vec<PathBuf>> {
+    pub(crate) fn verified_paths(&self, ds: &[Digest]) -> Result<Vec<PathBuf>> {
         use rayon::prelude::*;
         let metas: Vec<(PathBuf, Stamp)> = ds
             .par_iter()
@@ -205,7 +205,7 @@ impl LocalStore {
     }
 
     /// Re-hash an object unconditionally (audit). `Ok(None)` when missing.
-    pub fn rehash(&self, d: &Digest) -> Result<Option<Digest>> {
+    pub(crate) fn rehash(&self, d: &Digest) -> Result<Option<Digest>> {
         let p = self.object_path(d);
         if !p.exists() {
             return Ok(None);
@@ -224,7 +224,7 @@ impl LocalStore {
 
     /// Leftover temp files of killed writers: (path, size). Only safe to
     /// delete while holding the exclusive [`LocalStore::lock`].
-    pub fn temp_files(&self) -> Result<Vec<(PathBuf, u64)>> {
+    pub(crate) fn temp_files(&self) -> Result<Vec<(PathBuf, u64)>> {
         let dir = self.tmp_dir();
         let mut out = Vec::new();
         let rd = match fs::read_dir(&dir) {
@@ -241,7 +241,7 @@ impl LocalStore {
     }
 
     /// Size of an object on disk, if present.
-    pub fn size_of(&self, d: &Digest) -> Option<u64> {
+    pub(crate) fn size_of(&self, d: &Digest) -> Option<u64> {
         fs::metadata(self.object_path(d)).ok().map(|m| m.len())
     }
 
@@ -642,20 +642,20 @@ impl Writer for LocalWriter<'_> {
                 ..Stamp::of(&before)
             };
             if !unmoved {
-                return Err(StoreError::Io {
+                return Err(StoreError::Io(crate::fs_error::FsError {
                     op: "add",
                     path: path.to_path_buf(),
                     source: std::io::Error::other("the file changed while it was being added"),
-                });
+                }));
             }
             let d = hash_file(path)?;
             let after = fs::symlink_metadata(path).ctx("stat", path)?;
             if Stamp::of(&after) != Stamp::of(&locked) {
-                return Err(StoreError::Io {
+                return Err(StoreError::Io(crate::fs_error::FsError {
                     op: "add",
                     path: path.to_path_buf(),
                     source: std::io::Error::other("the file changed while it was being hashed"),
-                });
+                }));
             }
             if after.len() >= BIG_FILE {
                 // Small files are made durable by the commit's syncfs.
@@ -729,11 +729,11 @@ impl Writer for LocalWriter<'_> {
                     // and its stamp (change time included) has not moved.
                     let now = fs::symlink_metadata(&p.path).ctx("stat", &p.path)?;
                     if Some(Stamp::of(&now)) != p.stamp {
-                        return Err(StoreError::Io {
+                        return Err(StoreError::Io(crate::fs_error::FsError {
                             op: "add",
                             path: p.path.clone(),
                             source: std::io::Error::other("the file changed after it was hashed"),
-                        });
+                        }));
                     }
                     let new = link_new(&p.path, &dst)?;
                     if !new {

@@ -56,7 +56,7 @@ impl Manifest {
         Manifest { entries }
     }
 
-    pub fn total_size(&self) -> u64 {
+    pub(crate) fn total_size(&self) -> u64 {
         self.entries.iter().map(|e| e.size).sum()
     }
 
@@ -72,7 +72,7 @@ impl Manifest {
 
     /// The digest of the manifest of `entries` (path, digest, size, mode),
     /// which must be sorted by path, without building the manifest.
-    pub fn digest_of_sorted<'a>(
+    pub(crate) fn digest_of_sorted<'a>(
         entries: impl ExactSizeIterator<Item = (&'a str, &'a Digest, u64, u32)>,
     ) -> Digest {
         let mut s = String::with_capacity(32 + entries.len() * 100);

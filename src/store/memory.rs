@@ -102,17 +102,15 @@ impl Writer for MemoryWriter<'_> {
     ) -> Result<(Digest, u64)> {
         let bytes = match src {
             Source::Bytes(b) => b.to_vec(),
-            Source::Path(p) => std::fs::read(p).map_err(|source| StoreError::Io {
-                op: "read",
-                path: p.to_path_buf(),
-                source,
-            })?,
+            Source::Path(p) => std::fs::read(p).map_err(crate::fs_error::io("read", p))?,
             Source::Reader(r) => {
                 let mut v = Vec::new();
-                r.read_to_end(&mut v).map_err(|source| StoreError::Io {
-                    op: "read",
-                    path: "<reader>".into(),
-                    source,
+                r.read_to_end(&mut v).map_err(|source| {
+                    StoreError::Io(crate::fs_error::FsError {
+                        op: "read",
+                        path: "<reader>".into(),
+                        source,
+                    })
                 })?;
                 v
             }

@@ -28,13 +28,8 @@ use crate::progress::Progress;
 /// Errors of the object store. Each names the object or path involved.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::fs_error::FsError),
     #[error("object {digest} is corrupt: its content hashes to {actual}")]
     Corrupt { digest: Digest, actual: Digest },
     #[error("received bytes for {expected} from {from} hash to {actual}; refused")]
@@ -63,18 +58,15 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Attach a path and an operation to an `io::Error`.
+/// Attach an operation and a path to an `io::Error`, as this module's
+/// error (the shared [`FsError`](crate::fs_error::FsError) inside).
 pub(crate) trait IoContext<T> {
     fn ctx(self, op: &'static str, path: &Path) -> Result<T>;
 }
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
-        self.map_err(|source| StoreError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        })
+        self.map_err(|source| crate::fs_error::FsError::new(op, path, source).into())
     }
 }
 
@@ -141,7 +133,11 @@ pub trait Writer: Send + Sync {
 /// ones: the reads (in the source directory) overlap the creates (in the
 /// store), which run one at a time since parallel creates in one directory
 /// contend on its lock. Large files go through [`Source::Path`].
-pub fn put_files(w: &dyn Writer, paths: &[&Path], progress: &dyn Progress) -> Result<Vec<Digest>> {
+pub(crate) fn put_files(
+    w: &dyn Writer,
+    paths: &[&Path],
+    progress: &dyn Progress,
+) -> Result<Vec<Digest>> {
     const AHEAD: usize = 64;
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD);
@@ -167,7 +163,7 @@ pub fn put_files(w: &dyn Writer, paths: &[&Path], progress: &dyn Progress) -> Re
 }
 
 /// Store one small object at once (its own batch).
-pub fn put_bytes(store: &dyn ObjectStore, bytes: &[u8]) -> Result<Digest> {
+pub(crate) fn put_bytes(store: &dyn ObjectStore, bytes: &[u8]) -> Result<Digest> {
     let w = store.begin()?;
     let (d, _) = w.put(Source::Bytes(bytes), None, &crate::progress::NoProgress)?;
     w.commit()?;

@@ -16,7 +16,7 @@ const BATCH: usize = 2000;
 
 /// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`; a
 /// user-only part is kept, query strings with tokens are dropped.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let (head, rest) = match url.find("://") {
         Some(i) => (&url[..i + 3], &url[i + 3..]),
         None => return url.to_string(),
@@ -51,7 +51,7 @@ pub enum RemoteUrl {
 }
 
 /// Parse a remote URL; relative paths are relative to `base`.
-pub fn parse_url(url: &str, base: &Path) -> Result<RemoteUrl> {
+pub(crate) fn parse_url(url: &str, base: &Path) -> Result<RemoteUrl> {
     if let Some(rest) = url.strip_prefix("file://") {
         // file:///abs/path or file://localhost/abs/path
         let path = rest.strip_prefix("localhost").unwrap_or(rest);
@@ -101,7 +101,7 @@ pub struct Transferred {
 /// (a directory's files before its manifest, data before run records), so a
 /// reader never sees an object whose references are missing. A rerun after
 /// an interruption moves only what is still missing.
-pub fn transfer(
+pub(crate) fn transfer(
     from: &dyn ObjectStore,
     to: &dyn ObjectStore,
     phases: &[Vec<Digest>],
@@ -182,9 +182,7 @@ fn copy_one(
     // fails the open and is reported as missing).
     let res = match from.local_path(d) {
         Some(p) => match w.put(Source::Path(&p), Some(d), progress) {
-            Err(StoreError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound && !p.exists() =>
-            {
+            Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !p.exists() => {
                 Err(StoreError::Missing(*d))
             }
             r => r,

@@ -96,7 +96,7 @@ impl StateDb {
         })
     }
 
-    pub fn object_stamp(&self, d: &Digest) -> Result<Option<Stamp>> {
+    pub(crate) fn object_stamp(&self, d: &Digest) -> Result<Option<Stamp>> {
         self.with(|c| {
             c.prepare_cached(SELECT_STAMP)?
                 .query_row([&d.0[..]], stamp_row)
@@ -107,7 +107,7 @@ impl StateDb {
     /// Stamps of many objects in one read transaction (checkout of big
     /// directories): outside one, every SELECT takes and drops SQLite's
     /// file locks, two `fcntl`s per object.
-    pub fn object_stamps(&self, ds: &[Digest]) -> Result<Vec<Option<Stamp>>> {
+    pub(crate) fn object_stamps(&self, ds: &[Digest]) -> Result<Vec<Option<Stamp>>> {
         self.with(|c| {
             let tx = c.transaction()?;
             let mut out = Vec::with_capacity(ds.len());
@@ -122,7 +122,7 @@ impl StateDb {
         })
     }
 
-    pub fn set_object_stamps(&self, stamps: &[(Digest, Stamp)]) -> Result<()> {
+    pub(crate) fn set_object_stamps(&self, stamps: &[(Digest, Stamp)]) -> Result<()> {
         if stamps.is_empty() {
             return Ok(());
         }
@@ -147,7 +147,7 @@ impl StateDb {
         })
     }
 
-    pub fn forget_object(&self, d: &Digest) -> Result<()> {
+    pub(crate) fn forget_object(&self, d: &Digest) -> Result<()> {
         self.with(|c| {
             c.execute("DELETE FROM object_stamps_2 WHERE digest = ?1", [&d.0[..]])
                 .map(|_| ())
@@ -155,7 +155,7 @@ impl StateDb {
     }
 
     /// The cached stat blob for a work-tree artifact path.
-    pub fn worktree_get(&self, path: &str) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn worktree_get(&self, path: &str) -> Result<Option<Vec<u8>>> {
         self.with(|c| {
             c.prepare_cached("SELECT data FROM worktree_cache_2 WHERE path = ?1")?
                 .query_row([path], |r| r.get(0))
@@ -163,7 +163,7 @@ impl StateDb {
         })
     }
 
-    pub fn worktree_set(&self, path: &str, data: &[u8]) -> Result<()> {
+    pub(crate) fn worktree_set(&self, path: &str, data: &[u8]) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "INSERT OR REPLACE INTO worktree_cache_2(path, data) VALUES (?1, ?2)",
@@ -176,7 +176,7 @@ impl StateDb {
     /// What a closed request-log segment names (its served-by lines, as
     /// JSON), remembered because segments are immutable and reading a big
     /// one to find them again costs its whole size.
-    pub fn segment_served(&self, d: &Digest) -> Result<Option<String>> {
+    pub(crate) fn segment_served(&self, d: &Digest) -> Result<Option<String>> {
         self.with(|c| {
             c.prepare_cached("SELECT served FROM segment_served WHERE digest = ?1")?
                 .query_row([&d.0[..]], |r| r.get(0))
@@ -184,7 +184,7 @@ impl StateDb {
         })
     }
 
-    pub fn set_segment_served(&self, d: &Digest, served: &str) -> Result<()> {
+    pub(crate) fn set_segment_served(&self, d: &Digest, served: &str) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "INSERT OR REPLACE INTO segment_served(digest, served) VALUES (?1, ?2)",

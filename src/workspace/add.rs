@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 
 use super::pointer::{EXT, Kind, Pointer, valid_name};
 use super::scan::{FileScan, Scan, digest_of};
-use super::{Result, Workspace, WorkspaceError, number_after, write_atomic};
+use super::{Result, Workspace, WorkspaceError, write_atomic};
 use crate::lineage::{ArtifactRef, RunRecord, run::RUN_FORMAT};
 use crate::progress::Progress;
 use crate::store::{Digest, ObjectStore, Source, Writer};
+use crate::text::number_after;
 
 #[derive(Debug, Clone, Default)]
 pub struct AddOptions {
@@ -78,18 +79,7 @@ pub struct Added {
     pub unchanged: bool,
 }
 
-impl Added {
-    pub fn as_ref(&self) -> ArtifactRef {
-        ArtifactRef {
-            digest: self.digest,
-            kind: self.kind.as_str().into(),
-            name: self.name.clone(),
-            size: self.size,
-            files: self.files,
-            path: Some(self.path.clone()),
-        }
-    }
-}
+impl Added {}
 
 /// An output whose bytes are in the write batch but not yet named.
 struct Staged {
@@ -139,7 +129,7 @@ impl Workspace {
     /// (`data/dataset_3/`, `models/model_v2.bin`) asks first and then passes
     /// the name in [`Output::name`]; if another process took it meanwhile,
     /// `record_run` refuses rather than reusing it.
-    pub fn next_name(&self, kind: Kind) -> Result<String> {
+    pub(crate) fn next_name(&self, kind: Kind) -> Result<String> {
         let prefix = kind.prefix();
         let from_pointers = self
             .names_in_pointers()?

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use rayon::prelude::*;
 
 use super::{Result, Role, Root, RootOptions, Workspace};
-use crate::lineage::requests::parse_segment;
+use crate::segment::{SEGMENT_MAGIC, parse_segment};
 use crate::store::manifest::Manifest;
 use crate::store::{Digest, ObjectStore};
 
@@ -234,7 +234,7 @@ impl Workspace {
             indexed.iter().map(|(s, n)| (s.name.as_str(), *n)).collect();
         let rebuild = "`recsys lineage --rebuild` re-indexes every segment in the store";
         for d in self.store.list()? {
-            if !self.object_starts_with(&d, super::SEGMENT_MAGIC) {
+            if !self.object_starts_with(&d, SEGMENT_MAGIC) {
                 continue;
             }
             let Some(bytes) = self.store.get(&d)? else {

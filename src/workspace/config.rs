@@ -49,7 +49,13 @@ impl ProjectConfig {
         write_atomic(&p, s.as_bytes())
     }
 
-    pub fn add_remote(&mut self, root: &Path, name: &str, url: &str, default: bool) -> Result<()> {
+    pub(crate) fn add_remote(
+        &mut self,
+        root: &Path,
+        name: &str,
+        url: &str,
+        default: bool,
+    ) -> Result<()> {
         if !valid_remote_name(name) {
             return Err(WorkspaceError::Invalid(format!(
                 "bad remote name {name:?}: use letters, digits, `-` and `_`"
@@ -69,7 +75,7 @@ impl ProjectConfig {
         Ok(())
     }
 
-    pub fn remove_remote(&mut self, name: &str) -> Result<()> {
+    pub(crate) fn remove_remote(&mut self, name: &str) -> Result<()> {
         if self.remotes.remove(name).is_none() {
             return Err(WorkspaceError::Remote(format!("no remote named {name}")));
         }
@@ -81,7 +87,7 @@ impl ProjectConfig {
 
     /// The remote to use: `name`, else the default. `Ok(None)` when no
     /// name was given and there is no default.
-    pub fn pick(&self, name: Option<&str>) -> Result<Option<(String, String)>> {
+    pub(crate) fn pick(&self, name: Option<&str>) -> Result<Option<(String, String)>> {
         let n = match name.or(self.default_remote.as_deref()) {
             Some(n) => n,
             None => return Ok(None),

@@ -14,9 +14,6 @@ use std::time::Duration;
 use super::{Result, Role, Root, RootOptions, Workspace, WorkspaceError};
 use crate::store::{Digest, ObjectStore};
 
-/// Request-log segments (serving) start with this line.
-pub const SEGMENT_MAGIC: &[u8] = b"{\"recsys_log_segment\":";
-
 #[derive(Debug, Clone)]
 pub struct GcOptions {
     pub dry_run: bool,

@@ -9,6 +9,7 @@ mod add;
 mod audit;
 mod checkout;
 mod config;
+mod datasets;
 mod gc;
 pub mod pointer;
 mod query;
@@ -26,7 +27,8 @@ pub use add::{AddOptions, Added, Output, RunSpec};
 pub use audit::Problem;
 pub use checkout::{CheckedOut, CheckoutOptions};
 pub use config::{ProjectConfig, RemoteEntry};
-pub use gc::{GcOptions, GcReport, KeptObject, SEGMENT_MAGIC};
+pub use datasets::NewDataset;
+pub use gc::{GcOptions, GcReport, KeptObject};
 pub use pointer::{Kind, Pointer, PointerError};
 pub use query::{ArtifactLineage, DiffEntry, EdgeView, RebuildReport, Upstream};
 pub use requests::{NEAR_WINDOW_MS, RequestLineage};
@@ -39,15 +41,16 @@ use crate::paths::PathError;
 use crate::store::{LocalStore, StoreError};
 
 /// The project's marker directory (committed): config such as remotes.
-pub const DOT_DIR: &str = ".recsys";
-pub const STORE_DIR: &str = "store";
-pub const LINEAGE_DB: &str = "lineage.db";
+pub(crate) const DOT_DIR: &str = ".recsys";
+pub(crate) const STORE_DIR: &str = "store";
+pub(crate) const LINEAGE_DB: &str = "lineage.db";
 /// What `init` keeps out of git: the store and the lineage index with its
 /// WAL, shared memory and set-aside damaged copies.
 const IGNORED_AT_ROOT: &[&str] = &["/store/", "/lineage.db", "/lineage.db-*", "/lineage.db.*"];
 
-/// Open request-log segments (`serve::LOG_DIR` is the same directory).
-pub const LOG_DIR: &str = "log/requests";
+/// Where the request log's open segments live, relative to the project
+/// root (the server writes them, the keep-set and rebuild read them).
+pub(crate) const LOG_DIR: &str = "log/requests";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
@@ -57,21 +60,23 @@ pub enum WorkspaceError {
     Lineage(#[from] LineageError),
     #[error(transparent)]
     Pointer(#[from] PointerError),
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
     #[error("{path}: {source}")]
     Path {
         path: PathBuf,
         #[source]
         source: PathError,
     },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::fs_error::FsError),
     #[error("{0} is not inside a recsys project (run `recsys init` first)")]
     NotAProject(PathBuf),
+    #[error(
+        "{} exists but is not a registered dataset (left over from an interrupted run?); \
+         move it away or `recsys add` it, then retry", .0.display()
+    )]
+    Occupied(PathBuf),
     #[error("{0} is outside the project")]
     OutsideProject(PathBuf),
     #[error("{0}")]
@@ -93,27 +98,16 @@ pub enum WorkspaceError {
 
 pub type Result<T, E = WorkspaceError> = std::result::Result<T, E>;
 
+/// Attach an operation and a path to an `io::Error`, as this module's
+/// error (the shared [`FsError`](crate::fs_error::FsError) inside).
 pub(crate) trait IoCtx<T> {
     fn ctx(self, op: &'static str, path: &Path) -> Result<T>;
 }
 
 impl<T> IoCtx<T> for std::io::Result<T> {
     fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
-        self.map_err(|source| WorkspaceError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        })
+        self.map_err(|source| crate::fs_error::FsError::new(op, path, source).into())
     }
-}
-
-/// `dataset_12` with prefix `dataset_` -> 12.
-pub fn number_after(name: &str, prefix: &str) -> Option<u64> {
-    let rest = name.strip_prefix(prefix)?;
-    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) || rest.len() > 18 {
-        return None;
-    }
-    rest.parse().ok()
 }
 
 /// Settings the caller (CLI or test) decides; the core reads no environment.
@@ -135,7 +129,7 @@ impl Default for Settings {
 }
 
 /// recsys's own version and the commit it was built from.
-pub fn recsys_build() -> (String, String) {
+pub(crate) fn recsys_build() -> (String, String) {
     (
         env!("CARGO_PKG_VERSION").to_string(),
         option_env!("RECSYS_BUILD_COMMIT")
@@ -193,7 +187,7 @@ impl Workspace {
     /// [`Workspace::discover`] for `lineage --rebuild`: a lineage.db SQLite
     /// finds damaged is set aside (its new name is returned) and a new one
     /// created, to be rebuilt.
-    pub fn discover_for_rebuild(
+    pub(crate) fn discover_for_rebuild(
         start: &Path,
         settings: Settings,
     ) -> Result<(Workspace, Option<PathBuf>)> {
@@ -253,12 +247,12 @@ impl Workspace {
         &self.settings
     }
 
-    pub fn now_ms(&self) -> i64 {
+    pub(crate) fn now_ms(&self) -> i64 {
         now_ms(&self.settings)
     }
 
     /// The code version to record in a run started now.
-    pub fn code_version(&self) -> Result<CodeVersion> {
+    pub(crate) fn code_version(&self) -> Result<CodeVersion> {
         let (v, b) = recsys_build();
         let (commit, dirty) = match &self.git {
             Some(g) => (g.head()?, g.is_dirty()?),
@@ -274,7 +268,7 @@ impl Workspace {
 
     /// `p` (absolute, or relative to the current directory) as a path
     /// inside the project, relative to the root, with `/` separators.
-    pub fn rel_path(&self, p: &Path) -> Result<String> {
+    pub(crate) fn rel_path(&self, p: &Path) -> Result<String> {
         let abs = if p.is_absolute() {
             p.to_path_buf()
         } else {
@@ -354,7 +348,7 @@ impl Workspace {
     /// listed, so that reading it fails loudly rather than being skipped.
     /// Every command that looks at "all pointer files" (status, checkout,
     /// push, fetch, gc, audit, diff, lineage) takes this list.
-    pub fn pointer_files(&self) -> Result<Vec<String>> {
+    pub(crate) fn pointer_files(&self) -> Result<Vec<String>> {
         use std::collections::HashSet;
         use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
@@ -443,7 +437,7 @@ impl Workspace {
     /// check [`Workspace::check_writable`]); the pointer file itself may
     /// not be a symlink: which directory its artifact is "beside" would be
     /// ambiguous.
-    pub fn read_pointer(&self, rel: &str) -> Result<(Pointer, String)> {
+    pub(crate) fn read_pointer(&self, rel: &str) -> Result<(Pointer, String)> {
         let abs = self.root.join(rel);
         let meta = fs::symlink_metadata(&abs).ctx("open pointer file", &abs)?;
         if meta.file_type().is_symlink() {
@@ -465,7 +459,7 @@ impl Workspace {
     /// user's `data -> /mnt/big/data`) and is followed; so is any link that
     /// stays inside the project. The last component itself may be a link:
     /// it is replaced, not followed.
-    pub fn check_writable(&self, rel: &str) -> Result<()> {
+    pub(crate) fn check_writable(&self, rel: &str) -> Result<()> {
         let mut cur = self.root.clone();
         let mut cur_rel = String::new();
         let parts: Vec<&str> = rel.split('/').collect();
@@ -505,7 +499,7 @@ impl Workspace {
     }
 
     /// Pointers at git revision `rev`: (pointer path, pointer, artifact path).
-    pub fn pointers_at(&self, rev: &str) -> Result<Vec<(String, Pointer, String)>> {
+    pub(crate) fn pointers_at(&self, rev: &str) -> Result<Vec<(String, Pointer, String)>> {
         let git = self.git.as_ref().ok_or_else(|| {
             WorkspaceError::Invalid(format!(
                 "--rev {rev}: this project is not in a git repository"
@@ -526,7 +520,7 @@ impl Workspace {
 
     /// The pointer file path for an argument naming an artifact or its
     /// pointer file.
-    pub fn pointer_for_arg(&self, arg: &Path) -> Result<String> {
+    pub(crate) fn pointer_for_arg(&self, arg: &Path) -> Result<String> {
         let rel = self.rel_path(arg)?;
         let rel = rel.trim_end_matches('/').to_string();
         if rel.ends_with(pointer::EXT) {
@@ -588,7 +582,7 @@ fn normalize(p: &Path) -> PathBuf {
 
 /// Write a small file atomically and durably: temp file beside it, fsync,
 /// rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_as(path, bytes, true).map(|_| ())
 }
 
@@ -597,7 +591,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `Ok(false)` says another writer got there first. Two processes claiming
 /// the same name this way never both succeed, and neither leaves a partial
 /// file.
-pub fn write_atomic_new(path: &Path, bytes: &[u8]) -> Result<bool> {
+pub(crate) fn write_atomic_new(path: &Path, bytes: &[u8]) -> Result<bool> {
     write_atomic_as(path, bytes, false)
 }
 
@@ -632,15 +626,6 @@ fn write_atomic_as(path: &Path, bytes: &[u8], replace: bool) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_after_prefix() {
-        assert_eq!(number_after("dataset_12", "dataset_"), Some(12));
-        assert_eq!(number_after("model_v3", "model_v"), Some(3));
-        assert_eq!(number_after("dataset_", "dataset_"), None);
-        assert_eq!(number_after("dataset_1a", "dataset_"), None);
-        assert_eq!(number_after("model_v99999999999999999999", "model_v"), None);
-    }
 
     #[test]
     fn artifact_beside_pointer() {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::paths::{check_file_name, check_not_owned};
 use crate::store::Digest;
 
-pub const EXT: &str = crate::paths::POINTER_EXT;
+pub(crate) const EXT: &str = crate::paths::POINTER_EXT;
 const FORMAT: &str = "1";
 const MAX_LEN: usize = 64 * 1024;
 
@@ -82,7 +82,7 @@ pub struct PointerError {
 
 /// A version name: letters, digits, `_`, `-`, `.`; starting with a letter
 /// or digit; at most 100 characters.
-pub fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 100
         && s.as_bytes()[0].is_ascii_alphanumeric()
@@ -91,7 +91,7 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 impl Pointer {
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut s = String::new();
         s.push_str("# recsys pointer file: tracked by git; the bytes live in the store.\n");
         let _ = writeln!(s, "# Restore them with: recsys checkout {}{EXT}", self.path);

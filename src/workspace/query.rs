@@ -4,10 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::{LOG_DIR, Result, SEGMENT_MAGIC, Workspace, WorkspaceError};
-use crate::lineage::requests::{index_segment, parse_segment};
+use super::{LOG_DIR, Result, Workspace, WorkspaceError};
+use crate::lineage::requests::index_segment;
 use crate::lineage::run::RUN_MAGIC;
 use crate::lineage::{ArtifactRow, LineageError, RunRow};
+use crate::segment::{SEGMENT_MAGIC, parse_segment};
 use crate::store::{Digest, ObjectStore};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -116,7 +117,7 @@ impl Workspace {
         Err(WorkspaceError::UnknownArtifact(q.to_string()))
     }
 
-    pub fn artifact_lineage(&self, q: &str) -> Result<ArtifactLineage> {
+    pub(crate) fn artifact_lineage(&self, q: &str) -> Result<ArtifactLineage> {
         let artifact = self.find_artifact(q)?;
         let run = self.lineage.run(&artifact.run)?;
         let mut inputs = Vec::new();
@@ -252,7 +253,7 @@ impl Workspace {
     /// which a server's next start re-indexes anyway). A lineage.db SQLite
     /// finds damaged on the way is set aside and a new one built. Run it
     /// while no server is logging to this project.
-    pub fn rebuild_lineage(&mut self) -> Result<RebuildReport> {
+    pub(crate) fn rebuild_lineage(&mut self) -> Result<RebuildReport> {
         match self.rebuild_lineage_once() {
             Err(WorkspaceError::Lineage(LineageError::Corrupt { .. })) => {
                 let aside = self.replace_damaged_lineage()?;
@@ -317,10 +318,12 @@ impl Workspace {
                 continue;
             }
             let bytes = match self.store.verified_path(&d) {
-                Ok(p) => std::fs::read(&p).map_err(|e| WorkspaceError::Io {
-                    op: "read",
-                    path: p.clone(),
-                    source: e,
+                Ok(p) => std::fs::read(&p).map_err(|e| {
+                    WorkspaceError::Io(crate::fs_error::FsError {
+                        op: "read",
+                        path: p.clone(),
+                        source: e,
+                    })
                 })?,
                 Err(e) => {
                     report.bad_segments.push(format!("{d}: {e}"));

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::{ArtifactLineage, Result, Workspace};
-use crate::lineage::requests::RequestRecord;
+use crate::segment::RequestRecord;
 use crate::store::ObjectStore;
 
 /// Everything known about one served answer.
@@ -28,7 +28,7 @@ pub const NEAR_WINDOW_MS: i64 = 60_000;
 
 impl Workspace {
     /// The requests logged under `id` (normally one), explained.
-    pub fn request_lineage(&self, id: &str) -> Result<Vec<RequestLineage>> {
+    pub(crate) fn request_lineage(&self, id: &str) -> Result<Vec<RequestLineage>> {
         let mut out = Vec::new();
         for r in self.lineage.requests_by_id(id)? {
             out.push(self.explain_request(r)?);
@@ -37,7 +37,11 @@ impl Workspace {
     }
 
     /// The request of `user` closest to `at_ms` (within a minute), explained.
-    pub fn request_lineage_near(&self, user: i64, at_ms: i64) -> Result<Option<RequestLineage>> {
+    pub(crate) fn request_lineage_near(
+        &self,
+        user: i64,
+        at_ms: i64,
+    ) -> Result<Option<RequestLineage>> {
         match self.lineage.request_near(user, at_ms, NEAR_WINDOW_MS)? {
             Some(r) => Ok(Some(self.explain_request(r)?)),
             None => Ok(None),

@@ -44,8 +44,8 @@ use serde::Serialize;
 use super::audit::{Problem, problem};
 use super::{LOG_DIR, Pointer, Result, Workspace};
 use crate::lineage::RunRecord;
-use crate::lineage::requests::{SegmentHeader, ServedBy, served_in_segment};
 use crate::lineage::run::RUN_MAGIC;
+use crate::segment::{SEGMENT_MAGIC, SegmentHeader, ServedBy, served_in_segment};
 use crate::store::manifest::{self, Manifest};
 use crate::store::{Digest, ObjectStore, StoreError};
 
@@ -233,7 +233,7 @@ impl KeepSet {
 
     /// The request-log root that also names `d` as a model, dataset or
     /// config, when [`KeepSet::why`] gives another root first.
-    pub fn also_served(&self, d: &Digest) -> Option<(&Root, Role)> {
+    pub(crate) fn also_served(&self, d: &Digest) -> Option<(&Root, Role)> {
         let (root, role) = self.kept.get(d)?.served?;
         Some((&self.roots[root as usize], role))
     }
@@ -252,7 +252,10 @@ impl KeepSet {
     /// them so that an object's presence implies what it names is there:
     /// directories' files, then artifacts and configs (manifests after
     /// their files), then run records, then segments.
-    pub fn phases(&self, mut pick: impl FnMut(&Digest, Reason<'_>) -> bool) -> Vec<Vec<Digest>> {
+    pub(crate) fn phases(
+        &self,
+        mut pick: impl FnMut(&Digest, Reason<'_>) -> bool,
+    ) -> Vec<Vec<Digest>> {
         let mut phases = vec![Vec::new(); 4];
         for (d, r) in self.iter() {
             if !pick(&d, r) {
@@ -501,7 +504,7 @@ impl Builder<'_> {
 impl Workspace {
     /// The keep-set: every object that must be kept, why, and what could not
     /// be read while finding out (see the module docs for the roots).
-    pub fn roots(&self, opts: &RootOptions<'_>) -> Result<KeepSet> {
+    pub(crate) fn roots(&self, opts: &RootOptions<'_>) -> Result<KeepSet> {
         let mut b = Builder {
             ws: self,
             remote: opts.remote,
@@ -689,7 +692,7 @@ impl Workspace {
                 Some(Listed {
                     digest: *d,
                     run: head.starts_with(RUN_MAGIC),
-                    segment: head.starts_with(crate::workspace::SEGMENT_MAGIC),
+                    segment: head.starts_with(SEGMENT_MAGIC),
                     changed_ms,
                 })
             })
@@ -735,11 +738,11 @@ impl Workspace {
 pub const SERVING_CONFIG: &str = "config.json";
 
 fn io_err(op: &'static str, path: &Path, source: std::io::Error) -> super::WorkspaceError {
-    super::WorkspaceError::Io {
+    super::WorkspaceError::Io(crate::fs_error::FsError {
         op,
         path: path.to_path_buf(),
         source,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -332,7 +332,7 @@ impl Workspace {
             if Digest::of(&bytes) != *d {
                 continue;
             }
-            let Ok(seg) = crate::lineage::requests::parse_segment(&d.hex(), &bytes) else {
+            let Ok(seg) = crate::segment::parse_segment(&d.hex(), &bytes) else {
                 continue;
             };
             crate::lineage::requests::index_segment(

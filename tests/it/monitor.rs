@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
-use recsys::lineage::requests::{RequestRecord, ServedBy};
 use recsys::monitor::sink::{Position, Sink, Value};
 use recsys::monitor::{JoinConfig, Monitor};
+use recsys::segment::{RequestRecord, ServedBy};
 use recsys::stream::Event;
 
 use crate::common::Env;

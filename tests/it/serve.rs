@@ -1012,7 +1012,7 @@ fn the_request_log_is_copied_to_a_kafka_topic_keyed_by_user() {
     assert_eq!(got.len(), 25, "{got:?}");
     // Each message is the request the segment logged, keyed by user.
     let segment = the_closed_segment(&p);
-    let logged = recsys::lineage::requests::parse_segment("segment", &segment).expect("parse");
+    let logged = recsys::segment::parse_segment("segment", &segment).expect("parse");
     assert_eq!(logged.bad_lines, 0);
     for (key, payload) in &got {
         let v: serde_json::Value = serde_json::from_str(payload).expect("JSON line");
@@ -1021,7 +1021,7 @@ fn the_request_log_is_copied_to_a_kafka_topic_keyed_by_user() {
         assert_eq!(v["user"], sent[id]);
         // Self-contained (served-by inline), and the same request as the
         // local log's line.
-        let record: recsys::lineage::requests::RequestRecord =
+        let record: recsys::segment::RequestRecord =
             serde_json::from_str(payload).expect("a request record");
         assert!(
             logged.records.contains(&record),

@@ -337,8 +337,9 @@ impl Torture {
             {
                 continue;
             }
-            let ds =
-                recsys::pipeline::load_dataset(&ws, &a).map_err(|e| format!("{}: {e}", a.name))?;
+            let ds = ws
+                .load_dataset(&a)
+                .map_err(|e| format!("{}: {e}", a.name))?;
             for e in ds.events {
                 *seen.entry(e.user).or_default() += 1;
             }
