@@ -349,10 +349,11 @@ pub(crate) fn served_in_segment(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn served() -> ServedBy {
+    /// A served-by with every field set, for tests here and in the index.
+    pub(crate) fn served() -> ServedBy {
         ServedBy {
             model: "model_v1".into(),
             model_digest: "m".repeat(64),

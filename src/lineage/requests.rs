@@ -465,18 +465,7 @@ pub(crate) fn index_segment(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn served() -> ServedBy {
-        ServedBy {
-            model: "model_v1".into(),
-            model_digest: "m".repeat(64),
-            dataset: "dataset_1".into(),
-            dataset_digest: "d".repeat(64),
-            train_run: "r".repeat(64),
-            code_commit: "c".repeat(40),
-            config_digest: "f".repeat(64),
-        }
-    }
+    use crate::segment::tests::served;
 
     fn insert(db: &LineageDb, rows: &[(&str, i64, i64)]) {
         let by = served();
