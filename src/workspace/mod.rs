@@ -9,10 +9,13 @@ mod add;
 mod audit;
 mod checkout;
 mod config;
+mod forget;
 mod gc;
 pub mod pointer;
 mod query;
+mod remote_erase;
 mod requests;
+mod retention;
 mod roots;
 mod scan;
 mod status;
@@ -26,10 +29,15 @@ pub use add::{AddOptions, Added, Output, RunSpec};
 pub use audit::Problem;
 pub use checkout::{CheckedOut, CheckoutOptions};
 pub use config::{ProjectConfig, RemoteEntry};
+pub use forget::{
+    DatasetForgotten, ForgetOptions, ForgetReport, SegmentForgotten, TrainedOnErased, user_hash,
+};
 pub use gc::{GcOptions, GcReport, KeptObject, SEGMENT_MAGIC};
 pub use pointer::{Kind, Pointer, PointerError};
 pub use query::{ArtifactLineage, DiffEntry, EdgeView, RebuildReport, Upstream};
+pub use remote_erase::RemoteErasure;
 pub use requests::{NEAR_WINDOW_MS, RequestLineage};
+pub use retention::{DroppedSegment, RetentionReport};
 pub use roots::{GRACE, KeepSet, PointerRoots, Reason, Role, Root, RootOptions, SERVING_CONFIG};
 pub use status::{ArtifactStatus, RemoteState, StoreState, WorkState};
 pub use sync::{PullReport, PushReport};
@@ -89,6 +97,11 @@ pub enum WorkspaceError {
          (fix or remove them, then run gc again):\n  {0}"
     )]
     UnsureWhatToKeep(String),
+    #[error(
+        "user {user} is in no request-log segment, request index row or dataset of this project{}; nothing changed",
+        before.as_ref().map(|r| format!(" (forgotten already by run {r})")).unwrap_or_default()
+    )]
+    UnknownUser { user: i64, before: Option<String> },
 }
 
 pub type Result<T, E = WorkspaceError> = std::result::Result<T, E>;
