@@ -18,7 +18,7 @@
 //!    server that has not answered with it yet;
 //! 4. lineage itself: every run record and closed segment in the store or
 //!    in lineage.db (small, and the history; never collected — a segment
-//!    only leaves when retention filters it, [`RootOptions::segments_since`]);
+//!    only leaves when an erasure supersedes it, below);
 //! 5. anything changed less than the grace period ago (mtime or ctime), so
 //!    the objects of a writer that has not named them yet are never taken.
 //!
@@ -26,6 +26,10 @@
 //! run's results). Roots found through lineage objects (1, 2) expand; the
 //! lineage root (4) keeps run records and segments without expanding them:
 //! history says what existed, not what must stay.
+//!
+//! Erasure: what a `forget` or `retention` run record superseded
+//! (lineage.db's `erased` table, [`crate::lineage::erasure`]) is kept by no
+//! root but a pointer file in the work tree.
 //!
 //! Nothing is silently dropped: a pointer file, manifest, run record or
 //! segment that cannot be read is a [`Problem`]; `gc` refuses to delete

@@ -294,8 +294,8 @@ fn forget_leaves_no_byte_of_the_user_in_the_project_or_the_remote() {
 
     for id in &other_ids {
         let l = env.json(&["lineage", id, "--json"]);
-        assert_eq!(l[0]["request"]["id"], id.as_str(), "{l}");
-        assert!(l[0]["model"].is_object(), "{id}: {l}");
+        assert_eq!(l["request"]["id"], id.as_str(), "{l}");
+        assert!(l["model"].is_object(), "{id}: {l}");
     }
     for id in &x_ids {
         assert!(!env.run(&["lineage", id]).status.success(), "{id} resolves");
@@ -325,10 +325,10 @@ fn retention_drops_old_segments_and_keeps_young_ones() {
     let s = serve(&env);
     let young_id = s.recommend(2);
     s.stop();
-    let t_old = env.json(&["lineage", &old_id, "--json"])[0]["request"]["time"]
+    let t_old = env.json(&["lineage", &old_id, "--json"])["request"]["time"]
         .as_i64()
         .expect("time");
-    let t_young = env.json(&["lineage", &young_id, "--json"])[0]["request"]["time"]
+    let t_young = env.json(&["lineage", &young_id, "--json"])["request"]["time"]
         .as_i64()
         .expect("time");
     assert!(t_old < t_young);
@@ -380,7 +380,7 @@ fn retention_drops_old_segments_and_keeps_young_ones() {
     assert!(!seg_path.exists(), "the old segment is still stored");
     assert!(!env.run(&["lineage", &old_id]).status.success());
     let l = env.json(&["lineage", &young_id, "--json"]);
-    assert!(l[0]["model"].is_object(), "{l}");
+    assert!(l["model"].is_object(), "{l}");
     audit_clean(&env);
     // What only the request log kept is collected with it: the model is
     // still named by its pointer, so it stays.
