@@ -18,7 +18,7 @@ use crate::workspace::GcOptions;
 /// every kept object with the root that keeps it.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  recsys gc --dry-run\n  recsys gc --all-commits\n  recsys gc --dry-run --json | jq '.kept[] | select(.root == \"segment\")'\n  recsys gc --grace 0s     # nothing else writes to this store now"
+    after_help = "Examples:\n  recsys gc --dry-run\n  recsys gc --all-commits\n  recsys gc --dry-run --json | jq '.kept[] | select(.root == \"segment\")'\n  recsys gc --grace 0s     # nothing else writes to this store now\n  recsys gc --requests-older-than 90d --dry-run"
 )]
 pub struct Args {
     /// Only report what would be removed (and, with --json, what is kept and why).
@@ -30,6 +30,12 @@ pub struct Args {
     /// Keep objects changed less than this long ago (e.g. 1h, 30m, 0s).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Retention: first drop closed request-log segments whose newest
+    /// request is older than this (e.g. 90d), with their index rows, in a
+    /// `retention` run record; then collect what only they kept. The open
+    /// segment is never dropped.
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    requests_older_than: Option<Duration>,
     #[arg(long)]
     json: bool,
 }
@@ -40,10 +46,24 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         dry_run: a.dry_run,
         all_commits: a.all_commits,
         grace: a.grace,
+        requests_older_than: a.requests_older_than,
     })?;
     if a.json {
         super::print_json(&r)?;
     } else {
+        if let Some(t) = &r.retention {
+            ctx.say(format!(
+                "retention: {} {} request-log segment(s) ({} request(s)) whose newest request is                  older than {}; kept {}{}",
+                if a.dry_run { "would drop" } else { "dropped" },
+                t.dropped.len(),
+                t.dropped.iter().map(|s| s.requests).sum::<u64>(),
+                humantime::format_duration(Duration::from_secs(t.older_than_s)),
+                t.kept_segments,
+                t.run
+                    .map(|r| format!(" (retention run {})", r.short()))
+                    .unwrap_or_default()
+            ));
+        }
         ctx.say(format!(
             "{} {} object(s) ({}) and {} temp file(s); kept {} object(s)",
             if a.dry_run { "would remove" } else { "removed" },

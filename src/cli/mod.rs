@@ -23,6 +23,7 @@ mod checkout;
 mod config;
 mod diff;
 mod evaluate;
+mod forget;
 mod gc;
 mod import;
 mod ingest;
@@ -80,6 +81,7 @@ enum Command {
     Fetch(sync::FetchArgs),
     Pull(sync::PullArgs),
     Gc(gc::Args),
+    Forget(forget::Args),
     Audit(audit::Args),
     Ls(ls::Args),
     Diff(diff::Args),
@@ -283,6 +285,7 @@ pub fn main() -> ExitCode {
         Command::Fetch(a) => sync::fetch(a, &ctx),
         Command::Pull(a) => sync::pull(a, &ctx),
         Command::Gc(a) => gc::run(a, &ctx),
+        Command::Forget(a) => forget::run(a, &ctx),
         Command::Audit(a) => audit::run(a, &ctx),
         Command::Ls(a) => ls::run(a, &ctx),
         Command::Diff(a) => diff::run(a, &ctx),

@@ -6,6 +6,7 @@
 //! running server write it at once. Transactions never span I/O that could
 //! block on another process for long.
 
+pub mod erasure;
 pub mod git;
 pub mod requests;
 pub mod run;
@@ -211,6 +212,9 @@ impl LineageDb {
                 .execute_batch(requests::SCHEMA_V3)
                 .map_err(|e| self.err(e))?;
         }
+        self.conn
+            .execute_batch(erasure::SCHEMA_ERASED)
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -401,7 +405,9 @@ impl LineageDb {
     pub(crate) fn clear_index(&mut self) -> Result<()> {
         self.write_txn(|tx| {
             tx.tx
-                .execute_batch("DELETE FROM edges; DELETE FROM artifacts; DELETE FROM runs;")
+                .execute_batch(
+                    "DELETE FROM edges; DELETE FROM artifacts; DELETE FROM runs; DELETE FROM erased;",
+                )
                 .map_err(|e| tx.err(e))
         })
     }
@@ -553,6 +559,16 @@ impl Txn<'_> {
             if let Some(existing) = self.artifact_by_name(&o.name)?
                 && existing.digest != o.digest
             {
+                // The one exception to "a name is never reused": an
+                // erasure (`forget`) rewrote these bytes under their name.
+                match self.erasure_allows(r, &existing.digest, &o.digest)? {
+                    Some(true) => {
+                        self.drop_artifact_name(&o.name)?;
+                        continue;
+                    }
+                    Some(false) => continue,
+                    None => {}
+                }
                 return Err(LineageError::NameConflict {
                     name: o.name.clone(),
                     existing: existing.digest,
@@ -561,6 +577,7 @@ impl Txn<'_> {
                 });
             }
         }
+        self.index_erasures(id, r)?;
         let s = |v: &serde_json::Value| v.to_string();
         self.tx
             .execute(

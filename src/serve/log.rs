@@ -624,6 +624,9 @@ fn open_segment(opts: &LogOptions) -> Result<OpenSegment, LogError> {
         .append(true)
         .open(&path)
         .map_err(io("create", &path))?;
+    // Held while the file is open (the OS drops it with the process):
+    // `recsys forget` leaves a segment a server still writes alone.
+    let _ = file.try_lock_shared();
     file.write_all(&line).map_err(io("write", &path))?;
     file.sync_all().map_err(io("sync", &path))?;
     if let Ok(d) = File::open(&opts.dir) {

@@ -467,6 +467,7 @@ impl ObjectStore for LocalStore {
     }
 
     fn index_append(&self, lines: &[String]) -> Result<()> {
+        let _lock = self.lock(false)?;
         let p = self.root.join("index.log");
         let mut f = OpenOptions::new()
             .create(true)
@@ -489,6 +490,33 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(e).ctx("read index", &p),
         }
+    }
+
+    fn index_remove(&self, drop: &std::collections::HashSet<String>) -> Result<usize> {
+        // Exclusive: appenders hold the lock shared, so no line appended
+        // meanwhile is lost by the rename.
+        let _lock = self.lock(true)?;
+        let lines = self.index_read()?;
+        let kept: Vec<&String> = lines.iter().filter(|l| !drop.contains(*l)).collect();
+        let removed = lines.len() - kept.len();
+        if removed == 0 {
+            return Ok(0);
+        }
+        let p = self.root.join("index.log");
+        let tmp = self.root.join(format!("index.log.tmp-{}", pid()));
+        let mut buf = String::new();
+        for l in kept {
+            buf.push_str(l);
+            buf.push('\n');
+        }
+        let mut f = File::create(&tmp).ctx("create", &tmp)?;
+        f.write_all(buf.as_bytes()).ctx("write", &tmp)?;
+        f.sync_all().ctx("sync", &tmp)?;
+        fs::rename(&tmp, &p).ctx("replace index", &p)?;
+        if let Ok(d) = File::open(&self.root) {
+            let _ = d.sync_all();
+        }
+        Ok(removed)
     }
 }
 

@@ -86,6 +86,13 @@ impl ObjectStore for MemoryStore {
     fn index_read(&self) -> Result<Vec<String>> {
         Ok(self.index.lock().map_err(|_| poisoned())?.clone())
     }
+
+    fn index_remove(&self, drop: &std::collections::HashSet<String>) -> Result<usize> {
+        let mut index = self.index.lock().map_err(|_| poisoned())?;
+        let before = index.len();
+        index.retain(|l| !drop.contains(l));
+        Ok(before - index.len())
+    }
 }
 
 struct MemoryWriter<'a> {

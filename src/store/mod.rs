@@ -104,6 +104,9 @@ pub trait ObjectStore: Send + Sync {
     fn index_append(&self, lines: &[String]) -> Result<()>;
     /// All lines of the append-only index.
     fn index_read(&self) -> Result<Vec<String>>;
+    /// Rewrite the index without the lines in `drop` (an erasure removed
+    /// what they name); the number removed. The only edit the index gets.
+    fn index_remove(&self, drop: &std::collections::HashSet<String>) -> Result<usize>;
 }
 
 /// A batch of object writes. Safe to share between threads.

@@ -21,6 +21,9 @@ pub struct GcOptions {
     pub all_commits: bool,
     /// Keep objects changed less than this long ago.
     pub grace: Duration,
+    /// Retention: first drop closed request-log segments whose newest
+    /// request is older than this ([`super::retention`]).
+    pub requests_older_than: Option<Duration>,
 }
 
 impl Default for GcOptions {
@@ -29,6 +32,7 @@ impl Default for GcOptions {
             dry_run: false,
             all_commits: false,
             grace: super::GRACE,
+            requests_older_than: None,
         }
     }
 }
@@ -56,21 +60,36 @@ pub struct GcReport {
     /// On a dry run: every object kept, with the root that keeps it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<KeptObject>,
+    /// What retention dropped (or would), with `--requests-older-than`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<super::RetentionReport>,
 }
 
 impl Workspace {
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        // Retention first (its run record names what goes), outside the
+        // exclusive lock: recording takes it shared.
+        let retention = match opts.requests_older_than {
+            Some(age) => Some(self.retention(age, opts.dry_run)?),
+            None => None,
+        };
         // Exclusive: no writer is mid-batch, and none has stored objects it
         // has not named yet (`record_run` holds the lock shared until its
         // pointer files are written).
         let _lock = self.store.lock(true)?;
-        let keep = self.roots(&RootOptions::gc(opts.all_commits, opts.grace))?;
+        let mut roots = RootOptions::gc(opts.all_commits, opts.grace);
+        if let Some(r) = &retention {
+            // A dry run recorded nothing: say what the record would erase.
+            roots.erased = r.dropped.iter().map(|s| s.digest).collect();
+        }
+        let keep = self.roots(&roots)?;
         if !keep.problems().is_empty() {
             let list: Vec<String> = keep.problems().iter().map(|p| p.to_string()).collect();
             return Err(WorkspaceError::UnsureWhatToKeep(list.join("\n  ")));
         }
         let mut report = GcReport {
             dry_run: opts.dry_run,
+            retention,
             ..GcReport::default()
         };
         for d in self.store.list()? {

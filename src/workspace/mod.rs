@@ -10,10 +10,13 @@ mod audit;
 mod checkout;
 mod config;
 mod datasets;
+mod forget;
 mod gc;
 pub mod pointer;
 mod query;
+mod remote_erase;
 mod requests;
+mod retention;
 mod roots;
 mod scan;
 mod status;
@@ -28,10 +31,15 @@ pub use audit::Problem;
 pub use checkout::{CheckedOut, CheckoutOptions};
 pub use config::{ProjectConfig, RemoteEntry};
 pub use datasets::NewDataset;
+pub use forget::{
+    DatasetForgotten, ForgetOptions, ForgetReport, SegmentForgotten, TrainedOnErased, user_hash,
+};
 pub use gc::{GcOptions, GcReport, KeptObject};
 pub use pointer::{Kind, Pointer, PointerError};
 pub use query::{ArtifactLineage, DiffEntry, EdgeView, RebuildReport, Upstream};
+pub use remote_erase::RemoteErasure;
 pub use requests::{NEAR_WINDOW_MS, RequestLineage};
+pub use retention::{DroppedSegment, RetentionReport};
 pub use roots::{GRACE, KeepSet, PointerRoots, Reason, Role, Root, RootOptions, SERVING_CONFIG};
 pub use status::{ArtifactStatus, RemoteState, StoreState, WorkState};
 pub use sync::{PullReport, PushReport};
@@ -62,6 +70,8 @@ pub enum WorkspaceError {
     Pointer(#[from] PointerError),
     #[error(transparent)]
     Dataset(#[from] crate::dataset::DatasetError),
+    #[error(transparent)]
+    Segment(#[from] crate::segment::SegmentError),
     #[error("{path}: {source}")]
     Path {
         path: PathBuf,
@@ -94,6 +104,11 @@ pub enum WorkspaceError {
          (fix or remove them, then run gc again):\n  {0}"
     )]
     UnsureWhatToKeep(String),
+    #[error(
+        "user {user} is in no request-log segment, request index row or dataset of this project{}; nothing changed",
+        before.as_ref().map(|r| format!(" (forgotten already by run {r})")).unwrap_or_default()
+    )]
+    UnknownUser { user: i64, before: Option<String> },
 }
 
 pub type Result<T, E = WorkspaceError> = std::result::Result<T, E>;

@@ -313,8 +313,10 @@ impl Workspace {
     fn rebuild_requests(&mut self, report: &mut RebuildReport) -> Result<()> {
         self.lineage.clear_requests()?;
         let now = self.now_ms();
+        // The run records are indexed: what an erasure superseded stays out.
+        let erased = self.lineage.erased_digests()?;
         for d in self.store.list()? {
-            if !self.object_starts_with(&d, SEGMENT_MAGIC) {
+            if erased.contains(&d) || !self.object_starts_with(&d, SEGMENT_MAGIC) {
                 continue;
             }
             let bytes = match self.store.verified_path(&d) {

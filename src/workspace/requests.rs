@@ -89,6 +89,21 @@ impl Workspace {
     ) -> Result<Option<ArtifactLineage>> {
         match self.lineage.artifact_by_name(name)? {
             Some(a) if a.digest.hex() == digest => Ok(Some(self.artifact_lineage(name)?)),
+            Some(a)
+                if let Ok(d) = digest.parse::<crate::store::Digest>()
+                    && let Some((now, run)) = self.lineage.superseded(&d)? =>
+            {
+                notes.push(format!(
+                    "{name} was {digest} when it answered; `recsys forget` run {} rewrote it                      without a user's rows{} (the model was trained on the old bytes, which are                      erased and cannot be restored)",
+                    run.short(),
+                    match now {
+                        Some(n) if n == a.digest => format!(" as {n}, the {name} here"),
+                        Some(n) => format!(" as {n}"),
+                        None => String::new(),
+                    }
+                ));
+                Ok(None)
+            }
             Some(a) => {
                 notes.push(format!(
                     "{name} is {} here, but the request was served by {digest}",

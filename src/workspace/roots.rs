@@ -18,7 +18,7 @@
 //!    server that has not answered with it yet;
 //! 4. lineage itself: every run record and closed segment in the store or
 //!    in lineage.db (small, and the history; never collected — a segment
-//!    only leaves when retention filters it, [`RootOptions::segments_since`]);
+//!    only leaves when an erasure supersedes it, below);
 //! 5. anything changed less than the grace period ago (mtime or ctime), so
 //!    the objects of a writer that has not named them yet are never taken.
 //!
@@ -27,11 +27,15 @@
 //! lineage root (4) keeps run records and segments without expanding them:
 //! history says what existed, not what must stay.
 //!
+//! Erasure: what a `forget` or `retention` run record superseded
+//! (lineage.db's `erased` table, [`crate::lineage::erasure`]) is kept by no
+//! root but a pointer file in the work tree.
+//!
 //! Nothing is silently dropped: a pointer file, manifest, run record or
 //! segment that cannot be read is a [`Problem`]; `gc` refuses to delete
 //! anything while there is one, `audit` reports it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -79,6 +83,9 @@ pub struct RootOptions<'a> {
     /// Read what the local store lacks from here (`fetch`: a manifest, run
     /// record or segment that is only on the remote), verified.
     pub remote: Option<&'a dyn ObjectStore>,
+    /// Treat these as erased too, as if a run record said so (`gc
+    /// --requests-older-than --dry-run`: what retention would drop).
+    pub erased: HashSet<Digest>,
 }
 
 impl RootOptions<'_> {
@@ -94,6 +101,7 @@ impl RootOptions<'_> {
             grace: Some(grace),
             segments_since: None,
             remote: None,
+            erased: HashSet::new(),
         }
     }
 
@@ -105,6 +113,7 @@ impl RootOptions<'_> {
             grace: None,
             segments_since: None,
             remote: None,
+            erased: HashSet::new(),
         }
     }
 }
@@ -295,6 +304,11 @@ struct Builder<'a> {
     roots: Vec<Root>,
     kept: HashMap<Digest, Keep>,
     problems: Vec<Problem>,
+    /// Objects a `forget` or `retention` run record superseded: kept by no
+    /// root but a work-tree pointer (see [`crate::lineage::erasure`]).
+    erased: HashSet<Digest>,
+    /// Off while the work tree's pointer files are walked.
+    honour_erased: bool,
 }
 
 impl Builder<'_> {
@@ -306,6 +320,9 @@ impl Builder<'_> {
     /// Keep `d` unless kept already; whether it is new.
     fn mark(&mut self, d: Digest, root: u32, role: Role, via: Option<Digest>) -> bool {
         use std::collections::hash_map::Entry;
+        if self.honour_erased && self.erased.contains(&d) {
+            return false;
+        }
         match self.kept.entry(d) {
             Entry::Occupied(mut o) => {
                 let k = o.get_mut();
@@ -511,6 +528,12 @@ impl Workspace {
             roots: Vec::new(),
             kept: HashMap::new(),
             problems: Vec::new(),
+            erased: {
+                let mut e = self.lineage.erased_digests()?;
+                e.extend(opts.erased.iter().copied());
+                e
+            },
+            honour_erased: true,
         };
 
         // 1. Pointer files.
@@ -521,12 +544,18 @@ impl Workspace {
                 }
             }
             PointerRoots::WorkTree | PointerRoots::AllCommits => {
+                // What the work tree names now is kept even if an erasure
+                // superseded it (someone added those bytes back): deleting
+                // it would break a pointer. History is not: old commits'
+                // pointers and the request log lose what was erased.
+                b.honour_erased = false;
                 for rel in self.pointer_files()? {
                     match self.read_pointer(&rel) {
                         Ok((p, _)) => b.pointer(rel, &p),
                         Err(e) => b.problems.push(problem("bad-pointer", rel, e.to_string())),
                     }
                 }
+                b.honour_erased = true;
             }
         }
         if matches!(opts.pointers, PointerRoots::AllCommits)
@@ -557,13 +586,14 @@ impl Workspace {
         let recent_enough = |opened: i64| opts.segments_since.is_none_or(|t| opened >= t);
         let mut segments: BTreeSet<Digest> = listed
             .iter()
-            .filter(|l| l.segment)
+            .filter(|l| l.segment && !b.erased.contains(&l.digest))
             .map(|l| l.digest)
             .collect();
         let mut indexed_segments = Vec::new();
         for s in self.lineage.segments()? {
             if let Some(d) = s.digest.as_deref().and_then(|h| h.parse::<Digest>().ok())
                 && recent_enough(s.opened)
+                && !b.erased.contains(&d)
             {
                 indexed_segments.push(d);
                 segments.insert(d);

@@ -20,6 +20,9 @@ pub struct PushReport {
     pub artifacts: usize,
     #[serde(flatten)]
     pub moved: Transferred,
+    /// A whole-project push: what erasure deleted from the remote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erased: Option<super::RemoteErasure>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -162,10 +165,17 @@ impl Workspace {
         if !new_index.is_empty() {
             remote.index_append(&new_index)?;
         }
+        // Only after the run records are there (see `remote_erase`).
+        let erased = if targets.is_empty() {
+            Some(self.erase_on_remote(&*remote, &keep)?)
+        } else {
+            None
+        };
         Ok(PushReport {
             remote: rname,
             artifacts: selected.len(),
             moved,
+            erased,
         })
     }
 

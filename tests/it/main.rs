@@ -5,6 +5,7 @@
 
 mod cli;
 mod common;
+mod erasure;
 mod ingest;
 mod monitor;
 mod movielens;
