@@ -9,7 +9,10 @@ use super::{Ctx, bytes, date, short};
 /// X-Request-Id of an answer): then it tells which model version answered,
 /// which code commit and algorithm trained it, which dataset it was trained
 /// on, where that data came from, and the commands that restore those
-/// exact bytes. `--user U --at TIME` finds the request behind a
+/// exact bytes. An id whose answer was never logged (the server was
+/// killed before its log line reached the disk) still names the config
+/// and the model that answered: they are shown, the user and items are
+/// said to be unknown, and `--json` has `"logged": false`. `--user U --at TIME` finds the request behind a
 /// recommendation line of the event stream. `--rebuild` recreates
 /// lineage.db's index from the run records in the store and the pointer
 /// files in every commit, and the request index from every request-log
@@ -94,13 +97,29 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let what = a.what.unwrap_or_default();
     if let Ok(id) = uuid::Uuid::try_parse(what.trim()) {
         let found = ws.request_lineage(&id.hyphenated().to_string())?;
-        if found.is_empty() {
-            anyhow::bail!(
-                "no request {id} in lineage.db (a request logged on another machine arrives with `recsys pull`)"
-            );
+        if !found.is_empty() {
+            show_requests(&found, a.json)?;
+            return Ok(ExitCode::SUCCESS);
         }
-        show_requests(&found, a.json)?;
-        return Ok(ExitCode::SUCCESS);
+        // Not logged (or not here): our ids say what answered.
+        if let Some(u) = crate::serve::unlogged::explain(&ws, &id)? {
+            let ok = u.resolved();
+            show_unlogged(&u, a.json)?;
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        let hint = if ws.config.remotes.is_empty() {
+            ""
+        } else {
+            " (a request logged on another machine arrives with `recsys pull`)"
+        };
+        anyhow::bail!(
+            "no request {id} in lineage.db or the open request log, and it is not a recsys \
+             request id (those are UUIDv8s naming the config and model that answered){hint}"
+        );
     }
     let l = ws.artifact_lineage(&what)?;
     if a.json {
@@ -197,6 +216,71 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
     println!("  restore:    {}", l.restore);
     Ok(ExitCode::SUCCESS)
+}
+
+/// An answer known from its id alone (its log line never reached the disk).
+fn show_unlogged(u: &crate::serve::unlogged::UnloggedAnswer, json: bool) -> anyhow::Result<()> {
+    if json {
+        return super::print_json(u);
+    }
+    outln!("request {} (not logged)", u.id)?;
+    outln!(
+        "  served:     {} {}",
+        date(u.time),
+        if u.recommendation {
+            "to an unknown user"
+        } else {
+            "(not a recommendation)"
+        }
+    )?;
+    match &u.config_digest {
+        Some(c) => outln!("  config:     {c}")?,
+        None => outln!("  config:     {}… (not found)", u.config_prefix)?,
+    }
+    if u.recommendation {
+        outln!("  items:      unknown")?;
+    }
+    if let Some(s) = &u.served {
+        outln!("  model:      {} {}", s.model, s.model_digest)?;
+        if let Some(m) = &u.model
+            && let Some(run) = &m.run
+        {
+            outln!(
+                "  trained by: {} run {} at commit {}{} (recsys {} build {})",
+                run.kind,
+                run.id.short(),
+                short(&run.git_commit),
+                if run.dirty { " (dirty work tree)" } else { "" },
+                run.recsys_version,
+                &run.build_commit[..run.build_commit.len().min(12)]
+            )?;
+            if let Some(alg) = &run.algorithm {
+                outln!("  algorithm:  {alg} {}", run.params)?;
+            }
+        }
+        if s.dataset.is_empty() {
+            outln!("  dataset:    -")?;
+        } else {
+            outln!("  dataset:    {} {}", s.dataset, s.dataset_digest)?;
+        }
+        if let Some(d) = &u.dataset
+            && let Some(run) = &d.run
+        {
+            outln!(
+                "  data from:  {} run {} {}",
+                run.kind,
+                run.id.short(),
+                run.source
+            )?;
+        }
+    }
+    for c in &u.restore {
+        outln!("  restore:    {c}")?;
+    }
+    for n in &u.notes {
+        outln!("  note:       {n}")?;
+    }
+    Ok(())
 }
 
 fn show_requests(found: &[crate::workspace::RequestLineage], json: bool) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@
 pub mod git;
 pub mod requests;
 pub mod run;
+mod served;
 
 use std::path::{Path, PathBuf};
 

@@ -18,6 +18,8 @@ pub mod kafka;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod request_id;
+pub mod unlogged;
 mod users;
 mod warn;
 
@@ -169,6 +171,10 @@ impl Server {
                 .into_iter()
                 .collect(),
         };
+        // Durably named in the log before its first answer.
+        if let Some(log) = &log {
+            log.announce(&dep);
+        }
         let state = Arc::new(AppState::new(Some(dep), metrics, log));
         state.watching(&config);
         let (stop, stop_rx) = channel();
@@ -214,6 +220,7 @@ impl Server {
             app(self.state.clone()),
             self.limits.clone(),
             self.state.metrics.clone(),
+            self.state.ids.clone(),
             shutdown,
         )
         .await;
@@ -342,6 +349,10 @@ impl Watcher {
                         d.model_names().join(", ")
                     );
                     self.state.record_reload(Ok(()));
+                    // Durably named in the log before its first answer.
+                    if let Some(log) = &self.state.log {
+                        log.announce(&d);
+                    }
                     self.state.swap(d);
                     failing = None;
                 }

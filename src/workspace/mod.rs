@@ -29,7 +29,7 @@ pub use config::{ProjectConfig, RemoteEntry};
 pub use gc::{GcOptions, GcReport, KeptObject, SEGMENT_MAGIC};
 pub use pointer::{Kind, Pointer, PointerError};
 pub use query::{ArtifactLineage, DiffEntry, EdgeView, RebuildReport, Upstream};
-pub use requests::{NEAR_WINDOW_MS, RequestLineage};
+pub use requests::{NEAR_WINDOW_MS, RequestLineage, ServedLineage};
 pub use roots::{GRACE, KeepSet, PointerRoots, Reason, Role, Root, RootOptions, SERVING_CONFIG};
 pub use status::{ArtifactStatus, RemoteState, StoreState, WorkState};
 pub use sync::{PullReport, PushReport};
