@@ -3,7 +3,13 @@
 //!
 //! The library holds all logic; `src/main.rs` only calls [`cli::main`].
 //! See ARCHITECTURE.md for the module map and the on-disk layout.
+//!
+//! Only `cli` prints, and it writes stdout through a locked handle that
+//! reports errors (a closed pipe is a quiet exit, not a panic): `println!`
+//! is refused everywhere, `eprintln!` everywhere but `cli`.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
+#[allow(clippy::print_stderr)]
 pub mod cli;
 pub mod dataset;
 pub mod failpoint;

@@ -9,7 +9,10 @@ use super::{Ctx, bytes, date, short};
 /// X-Request-Id of an answer): then it tells which model version answered,
 /// which code commit and algorithm trained it, which dataset it was trained
 /// on, where that data came from, and the commands that restore those
-/// exact bytes. `--user U --at TIME` finds the request behind a
+/// exact bytes. An id whose answer was never logged (the server was
+/// killed before its log line reached the disk) still names the config
+/// and the model that answered: they are shown, the user and items are
+/// said to be unknown, and `--json` has `"logged": false`. `--user U --at TIME` finds the request behind a
 /// recommendation line of the event stream. `--rebuild` recreates
 /// lineage.db's index from the run records in the store and the pointer
 /// files in every commit, and the request index from every request-log
@@ -94,13 +97,29 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let what = a.what.unwrap_or_default();
     if let Ok(id) = uuid::Uuid::try_parse(what.trim()) {
         let found = ws.request_lineage(&id.hyphenated().to_string())?;
-        if found.is_empty() {
-            anyhow::bail!(
-                "no request {id} in lineage.db (a request logged on another machine arrives with `recsys pull`)"
-            );
+        if !found.is_empty() {
+            show_requests(&found, a.json)?;
+            return Ok(ExitCode::SUCCESS);
         }
-        show_requests(&found, a.json)?;
-        return Ok(ExitCode::SUCCESS);
+        // Not logged (or not here): our ids say what answered.
+        if let Some(u) = crate::serve::unlogged::explain(&ws, &id)? {
+            let ok = u.resolved();
+            show_unlogged(&u, a.json)?;
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        let hint = if ws.config.remotes.is_empty() {
+            ""
+        } else {
+            " (a request logged on another machine arrives with `recsys pull`)"
+        };
+        anyhow::bail!(
+            "no request {id} in lineage.db or the open request log, and it is not a recsys \
+             request id (those are UUIDv8s naming the config and model that answered){hint}"
+        );
     }
     let l = ws.artifact_lineage(&what)?;
     if a.json {
@@ -108,70 +127,70 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let art = &l.artifact;
-    println!("{} ({})", art.name, art.kind);
-    println!("  digest:     {}", art.digest);
-    println!(
+    outln!("{} ({})", art.name, art.kind)?;
+    outln!("  digest:     {}", art.digest)?;
+    outln!(
         "  size:       {}{}",
         bytes(art.size),
         art.files
             .map(|f| format!(" in {f} files"))
             .unwrap_or_default()
-    );
+    )?;
     if let Some(p) = &art.path {
-        println!("  path:       {p}");
+        outln!("  path:       {p}")?;
     }
-    println!(
+    outln!(
         "  registered: {} at commit {}{}",
         date(art.created),
         short(&art.git_commit),
         if art.dirty { " (dirty work tree)" } else { "" }
-    );
-    println!(
+    )?;
+    outln!(
         "  by:         recsys {} (build {})",
         art.recsys_version,
         &art.build_commit[..art.build_commit.len().min(12)]
-    );
+    )?;
     if let Some(r) = &l.run {
-        println!(
+        outln!(
             "  run:        {} {} ({} -> {})",
             r.kind,
             r.id.short(),
             date(r.started),
             date(r.ended)
-        );
+        )?;
         if let Some(alg) = &r.algorithm {
-            println!("  algorithm:  {alg} {}", r.params);
+            outln!("  algorithm:  {alg} {}", r.params)?;
         }
         if !r.source.is_null() && r.source != serde_json::json!({}) {
-            println!("  source:     {}", r.source);
+            outln!("  source:     {}", r.source)?;
         }
         if !r.metrics.is_null() && r.metrics != serde_json::json!({}) {
-            println!("  metrics:    {}", r.metrics);
+            outln!("  metrics:    {}", r.metrics)?;
         }
     }
     for i in &l.inputs {
-        println!("  input:      {} {}", i.name, i.digest.short());
+        outln!("  input:      {} {}", i.name, i.digest.short())?;
     }
     for o in &l.outputs {
         if o.digest != art.digest {
-            println!("  output:     {} {}", o.name, o.digest.short());
+            outln!("  output:     {} {}", o.name, o.digest.short())?;
         }
     }
     for u in &l.used_by {
-        println!(
+        outln!(
             "  used by:    {} run {} ({})",
             u.kind,
             u.id.short(),
             date(u.started)
-        );
+        )?;
     }
     if !l.upstream.is_empty() {
-        println!("  upstream:");
+        outln!("  upstream:")?;
         for u in &l.upstream {
             let pad = "  ".repeat(u.depth);
             match &u.run {
                 Some(r) => {
-                    println!(
+                    outln!(
                         "  {pad}<- {} {} ({}) made by {} run {} at commit {}",
                         u.kind,
                         u.name,
@@ -179,24 +198,89 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                         r.kind,
                         r.id.short(),
                         short(&r.git_commit)
-                    );
+                    )?;
                     if let Some(alg) = &r.algorithm {
-                        println!("  {pad}   algorithm: {alg} {}", r.params);
+                        outln!("  {pad}   algorithm: {alg} {}", r.params)?;
                     }
                     if !r.source.is_null() && r.source != serde_json::json!({}) {
-                        println!("  {pad}   source:    {}", r.source);
+                        outln!("  {pad}   source:    {}", r.source)?;
                     }
                 }
-                None => println!(
+                None => outln!(
                     "  {pad}<- {} {} (its run is not indexed here)",
                     u.name,
                     u.digest.short()
-                ),
+                )?,
             }
         }
     }
-    println!("  restore:    {}", l.restore);
+    outln!("  restore:    {}", l.restore)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// An answer known from its id alone (its log line never reached the disk).
+fn show_unlogged(u: &crate::serve::unlogged::UnloggedAnswer, json: bool) -> anyhow::Result<()> {
+    if json {
+        return super::print_json(u);
+    }
+    outln!("request {} (not logged)", u.id)?;
+    outln!(
+        "  served:     {} {}",
+        date(u.time),
+        if u.recommendation {
+            "to an unknown user"
+        } else {
+            "(not a recommendation)"
+        }
+    )?;
+    match &u.config_digest {
+        Some(c) => outln!("  config:     {c}")?,
+        None => outln!("  config:     {}… (not found)", u.config_prefix)?,
+    }
+    if u.recommendation {
+        outln!("  items:      unknown")?;
+    }
+    if let Some(s) = &u.served {
+        outln!("  model:      {} {}", s.model, s.model_digest)?;
+        if let Some(m) = &u.model
+            && let Some(run) = &m.run
+        {
+            outln!(
+                "  trained by: {} run {} at commit {}{} (recsys {} build {})",
+                run.kind,
+                run.id.short(),
+                short(&run.git_commit),
+                if run.dirty { " (dirty work tree)" } else { "" },
+                run.recsys_version,
+                &run.build_commit[..run.build_commit.len().min(12)]
+            )?;
+            if let Some(alg) = &run.algorithm {
+                outln!("  algorithm:  {alg} {}", run.params)?;
+            }
+        }
+        if s.dataset.is_empty() {
+            outln!("  dataset:    -")?;
+        } else {
+            outln!("  dataset:    {} {}", s.dataset, s.dataset_digest)?;
+        }
+        if let Some(d) = &u.dataset
+            && let Some(run) = &d.run
+        {
+            outln!(
+                "  data from:  {} run {} {}",
+                run.kind,
+                run.id.short(),
+                run.source
+            )?;
+        }
+    }
+    for c in &u.restore {
+        outln!("  restore:    {c}")?;
+    }
+    for n in &u.notes {
+        outln!("  note:       {n}")?;
+    }
+    Ok(())
 }
 
 fn show_requests(found: &[crate::workspace::RequestLineage], json: bool) -> anyhow::Result<()> {
@@ -210,25 +294,25 @@ fn show_requests(found: &[crate::workspace::RequestLineage], json: bool) -> anyh
     for l in found {
         let r = &l.request;
         let s = &r.served;
-        println!("request {}", r.id);
-        println!(
+        outln!("request {}", r.id)?;
+        outln!(
             "  served:     {} to user {} ({}, {} µs)",
             date(r.time),
             r.user,
             r.status,
             r.latency_us
-        );
-        println!(
+        )?;
+        outln!(
             "  route:      {} (config {})",
             r.route,
             &s.config_digest[..s.config_digest.len().min(12)]
-        );
-        println!("  items:      {}", r.items.join(","));
-        println!("  model:      {} {}", s.model, s.model_digest);
+        )?;
+        outln!("  items:      {}", r.items.join(","))?;
+        outln!("  model:      {} {}", s.model, s.model_digest)?;
         if let Some(m) = &l.model
             && let Some(run) = &m.run
         {
-            println!(
+            outln!(
                 "  trained by: {} run {} at commit {}{} (recsys {} build {})",
                 run.kind,
                 run.id.short(),
@@ -236,31 +320,31 @@ fn show_requests(found: &[crate::workspace::RequestLineage], json: bool) -> anyh
                 if run.dirty { " (dirty work tree)" } else { "" },
                 run.recsys_version,
                 &run.build_commit[..run.build_commit.len().min(12)]
-            );
+            )?;
             if let Some(alg) = &run.algorithm {
-                println!("  algorithm:  {alg} {}", run.params);
+                outln!("  algorithm:  {alg} {}", run.params)?;
             }
         }
         if s.dataset.is_empty() {
-            println!("  dataset:    -");
+            outln!("  dataset:    -")?;
         } else {
-            println!("  dataset:    {} {}", s.dataset, s.dataset_digest);
+            outln!("  dataset:    {} {}", s.dataset, s.dataset_digest)?;
         }
         if let Some(d) = &l.dataset
             && let Some(run) = &d.run
         {
-            println!(
+            outln!(
                 "  data from:  {} run {} {}",
                 run.kind,
                 run.id.short(),
                 run.source
-            );
+            )?;
         }
         for c in &l.restore {
-            println!("  restore:    {c}");
+            outln!("  restore:    {c}")?;
         }
         for n in &l.notes {
-            println!("  note:       {n}");
+            outln!("  note:       {n}")?;
         }
     }
     Ok(())

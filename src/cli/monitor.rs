@@ -534,9 +534,21 @@ fn run_monitor(a: RunArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                     None => seg_caught_up,
                 } && last_req.elapsed() >= a.idle));
         if a.stop_when_idle && all_idle && mon.buffered() == 0 && !mon.stuck() {
-            // One more flush so the checkpoint has the final watermark.
-            mon.flush()?;
-            break;
+            // One more flush so the checkpoint has the final watermark. A
+            // connection lost right now is retried like any other flush.
+            match mon.flush() {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot write the final checkpoint to {}: {} (retrying)",
+                        mon.describe(),
+                        chain(&e)
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
         }
     }
     stop.store(true, Ordering::SeqCst);

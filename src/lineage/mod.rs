@@ -10,6 +10,7 @@ pub mod erasure;
 pub mod git;
 pub mod requests;
 pub mod run;
+mod served;
 
 use std::path::{Path, PathBuf};
 

@@ -9,6 +9,13 @@
 //! rejection such as a path that is not UTF-8 once percent-decoded, or a
 //! method not allowed) with our own plain-text message: nothing reaches a
 //! client without passing through it.
+//!
+//! Every id is ours ([`super::request_id`]: it names the config and the
+//! model that answered). A caller's `X-Request-Id` is never reused as the
+//! answer's id: a reused id could name two answers, or none that this
+//! server made, and would not say what answered. It comes back unchanged
+//! as `X-Client-Request-Id` (when it is at most 128 visible ASCII bytes),
+//! so a caller can still correlate; it is not logged.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -27,8 +34,14 @@ use axum::{Extension, Router};
 use super::deploy::{Deployment, TOP_N};
 use super::log::{LogEvent, RequestLog};
 use super::metrics::Metrics;
+use super::request_id::IdMint;
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// A caller's own `X-Request-Id`, echoed back.
+pub(crate) const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
+
+/// Longest caller id echoed back.
+const MAX_CLIENT_ID: usize = 128;
 
 /// What handlers share: the deployment (swapped whole on reload), the
 /// outcome of the last config load, the metrics and the request log.
@@ -37,6 +50,8 @@ pub struct AppState {
     pub reload: ArcSwap<ReloadStatus>,
     pub metrics: Arc<Metrics>,
     pub log: Option<RequestLog>,
+    /// Makes every request id (the listener's own answers' too).
+    pub ids: Arc<IdMint>,
 }
 
 /// The last attempt to load config.json, for `/health`: a failing reload
@@ -93,6 +108,10 @@ impl AppState {
         if loaded {
             metrics.reload(Ok(()), unix_seconds(now), false);
         }
+        let ids = Arc::new(IdMint::new());
+        if let Some(d) = &deployment {
+            ids.deployed(&d.config_digest);
+        }
         AppState {
             deployment: ArcSwapOption::from(deployment.map(Arc::new)),
             reload: ArcSwap::from_pointee(ReloadStatus {
@@ -105,6 +124,7 @@ impl AppState {
             }),
             metrics,
             log,
+            ids,
         }
     }
 
@@ -146,7 +166,9 @@ impl AppState {
     /// the one they started with.
     pub(crate) fn swap(&self, d: Deployment) {
         self.metrics.models_loaded.set(d.models.len() as i64);
+        let digest = d.config_digest;
         self.deployment.store(Some(Arc::new(d)));
+        self.ids.deployed(&digest);
     }
 }
 
@@ -157,13 +179,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state.clone())
         // Last, so it wraps every route and both fallbacks.
-        .layer(axum::middleware::from_fn(with_request_id))
+        .layer(axum::middleware::from_fn_with_state(state, with_request_id))
 }
 
-/// The id of the request being answered, put in the request's extensions
-/// by [`with_request_id`] for handlers (and the request log) to use.
+/// The id of an answer a model made, put in the response's extensions by
+/// the handler (it knows which model answered); [`with_request_id`] puts
+/// it on the answer, and makes one for every other answer.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestId(pub uuid::Uuid);
 
@@ -183,12 +206,13 @@ pub(crate) fn id_header(id: uuid::Uuid) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// Give the request an id (the caller's when it is a well-formed UUID),
-/// answer, and put the id on the answer, whatever produced it. A response
-/// the framework made itself is replaced by our own message.
-async fn with_request_id(mut req: Request, next: Next) -> Response {
-    let id = request_id(req.headers());
-    req.extensions_mut().insert(RequestId(id));
+/// Answer, and put our id on the answer, whatever produced it: the one
+/// the handler made (naming the model that answered), else a new one
+/// naming the config deployed now. The caller's `X-Request-Id` comes back
+/// as `X-Client-Request-Id`. A response the framework made itself is
+/// replaced by our own message.
+async fn with_request_id(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let client = client_id(req.headers());
     let mut res = next.run(req).await;
     if res.extensions().get::<Ours>().is_none() {
         let allow = res.headers().get(header::ALLOW).cloned();
@@ -197,7 +221,14 @@ async fn with_request_id(mut req: Request, next: Next) -> Response {
             res.headers_mut().insert(header::ALLOW, a);
         }
     }
+    let id = match res.extensions().get::<RequestId>() {
+        Some(RequestId(id)) => *id,
+        None => st.ids.other(),
+    };
     res.headers_mut().insert(REQUEST_ID, id_header(id));
+    if let Some(c) = client {
+        res.headers_mut().insert(CLIENT_REQUEST_ID, c);
+    }
     res
 }
 
@@ -256,14 +287,13 @@ fn text(body: impl Into<Bytes>) -> ([(HeaderName, HeaderValue); 1], Bytes) {
     )
 }
 
-/// The incoming id when it is a well-formed UUID, else a new UUIDv7.
-fn request_id(headers: &HeaderMap) -> uuid::Uuid {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| uuid::Uuid::try_parse(s.trim()).ok())
-        .filter(|u| !u.is_nil())
-        .unwrap_or_else(uuid::Uuid::now_v7)
+/// The caller's `X-Request-Id`, to echo back: at most 128 bytes of
+/// visible ASCII (anything else is dropped, not echoed).
+fn client_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    let v = headers.get(&REQUEST_ID)?;
+    let b = v.as_bytes();
+    (!b.is_empty() && b.len() <= MAX_CLIENT_ID && b.iter().all(|c| c.is_ascii_graphic()))
+        .then(|| v.clone())
 }
 
 /// A user id: decimal digits only, at most i64::MAX (lineage.db's range).
@@ -296,7 +326,6 @@ pub(crate) fn parse_user(raw: &str) -> Result<u64, String> {
 
 async fn recommend(
     State(st): State<Arc<AppState>>,
-    Extension(RequestId(id)): Extension<RequestId>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let start = Instant::now();
@@ -333,6 +362,8 @@ async fn recommend(
     let Some(served) = dep.models.get(mi).cloned() else {
         return ApiError::NoModel.response(&st.metrics);
     };
+    // Names the config (stored before it was deployed) and the model.
+    let id = st.ids.answer(&dep.config_digest, mi);
     let known = u32::try_from(user)
         .ok()
         .filter(|u| served.model.knows_user(*u));
@@ -377,7 +408,9 @@ async fn recommend(
             body: body.clone(),
         });
     }
-    answer(StatusCode::OK, body)
+    let mut res = answer(StatusCode::OK, body);
+    res.extensions_mut().insert(RequestId(id));
+    res
 }
 
 /// `ok` (or `stale` while config.json fails to load: the last good config

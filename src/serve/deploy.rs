@@ -372,18 +372,7 @@ fn load_model(
         source,
     })?;
     let run = ws.lineage.run(&art.run)?;
-    let mut dataset = None;
-    for (dir, input, digest) in ws.lineage.run_edges(&art.run)? {
-        if dir != "in" {
-            continue;
-        }
-        if let Some(a) = ws.lineage.artifact_by_name(&input)?
-            && a.kind == "dataset"
-        {
-            dataset = Some((input, digest));
-            break;
-        }
-    }
+    let mut dataset = trained_on(ws, &art.run)?;
     if dataset.is_none()
         && let Ok(d) = header.dataset_digest.parse::<Digest>()
         && let Some(a) = ws
@@ -410,6 +399,24 @@ fn load_model(
     };
     served.popular_body = axum::body::Bytes::from(served.body(&served.popular_items));
     Ok(served)
+}
+
+/// The dataset a train run read (its first dataset input), by lineage.
+pub(crate) fn trained_on(
+    ws: &Workspace,
+    run: &Digest,
+) -> Result<Option<(String, Digest)>, crate::lineage::LineageError> {
+    for (dir, input, digest) in ws.lineage.run_edges(run)? {
+        if dir != "in" {
+            continue;
+        }
+        if let Some(a) = ws.lineage.artifact_by_name(&input)?
+            && a.kind == "dataset"
+        {
+            return Ok(Some((input, digest)));
+        }
+    }
+    Ok(None)
 }
 
 /// The users table of a dataset directory artifact, when it has one.

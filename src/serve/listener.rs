@@ -44,6 +44,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::metrics::{CloseReason, Metrics};
+use super::request_id::IdMint;
 
 /// The limits of `recsys serve` (each a flag; these are the defaults).
 #[derive(Debug, Clone)]
@@ -247,6 +248,8 @@ impl Track {
 struct Watched {
     io: TcpStream,
     track: Arc<Track>,
+    /// Makes the id of a rewritten answer.
+    ids: Arc<IdMint>,
     /// The rest of a rewritten answer, written before anything else.
     pending: Vec<u8>,
 }
@@ -265,7 +268,7 @@ fn automatic_answer(buf: &[u8]) -> Option<(u16, &str)> {
     (!has_id).then_some((code, rest.get(4..).unwrap_or("")))
 }
 
-fn rewritten(code: u16, reason: &str) -> Vec<u8> {
+fn rewritten(code: u16, reason: &str, id: uuid::Uuid) -> Vec<u8> {
     let body = match code {
         431 => "request head too large\n",
         414 => "request URI too long\n",
@@ -274,7 +277,7 @@ fn rewritten(code: u16, reason: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
          x-request-id: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        uuid::Uuid::now_v7().hyphenated(),
+        id.hyphenated(),
         body.len()
     )
     .into_bytes()
@@ -298,7 +301,7 @@ impl Watched {
     /// Take `buf` as written when it is hyper's own answer, sending ours.
     fn rewrite(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Option<Poll<io::Result<usize>>> {
         let (code, reason) = automatic_answer(buf)?;
-        self.pending = rewritten(code, reason);
+        self.pending = rewritten(code, reason, self.ids.other());
         Some(match self.drain_pending(cx) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             // Taken; the rest goes out at the next write or flush.
@@ -425,6 +428,7 @@ struct Conns {
     max: usize,
     open: Mutex<HashMap<u64, Arc<Track>>>,
     metrics: Arc<Metrics>,
+    ids: Arc<IdMint>,
 }
 
 impl Conns {
@@ -484,6 +488,7 @@ pub async fn serve(
     app: Router,
     limits: Limits,
     metrics: Arc<Metrics>,
+    ids: Arc<IdMint>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
@@ -491,6 +496,7 @@ pub async fn serve(
         max: limits.max_connections.max(1),
         open: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
+        ids,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
@@ -526,7 +532,7 @@ pub async fn serve(
                             conns.clone(),
                         ));
                     } else {
-                        refuse(stream, &lingering, &metrics);
+                        refuse(stream, &lingering, &metrics, &conns.ids);
                     }
                 }
                 Err(e) => {
@@ -591,13 +597,13 @@ fn accept_error_kind(e: &io::Error) -> &'static str {
 /// that a fresh socket's buffer always takes; the connection is then
 /// drained briefly (at most [`MAX_LINGERING`] at once) so that closing it
 /// with the client's request unread does not reset the answer away.
-fn refuse(stream: TcpStream, lingering: &Arc<Semaphore>, metrics: &Metrics) {
+fn refuse(stream: TcpStream, lingering: &Arc<Semaphore>, metrics: &Metrics, ids: &IdMint) {
     metrics.connection_rejected();
     let body = "server busy: too many connections; retry in a second\n";
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
          retry-after: 1\r\nx-request-id: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        uuid::Uuid::now_v7().hyphenated(),
+        ids.other().hyphenated(),
         body.len()
     );
     let _ = stream.try_write(answer.as_bytes());
@@ -645,6 +651,7 @@ async fn connection(
     let io = TokioIo::new(Watched {
         io: stream,
         track: track.clone(),
+        ids: conns.ids.clone(),
         pending: Vec::new(),
     });
     let tower = TowerToHyperService::new(app);

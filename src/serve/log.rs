@@ -128,6 +128,14 @@ enum Msg {
     Flush(SyncSender<()>),
     /// Write what is queued, close the segment, acknowledge and stop.
     Shutdown(SyncSender<()>),
+    /// Define a deployment's models in the open segment, sync, acknowledge.
+    Announce(Announce, SyncSender<()>),
+}
+
+/// What a deployment about to answer serves: its models and its config.
+struct Announce {
+    models: Vec<Arc<Served>>,
+    config: Arc<str>,
 }
 
 /// The sending side, shared by all handlers.
@@ -201,7 +209,26 @@ impl RequestLog {
         self.control(Msg::Flush)
     }
 
+    /// Write what a deployment serves (each model with its config, as the
+    /// `{"recsys_served":n,...}` lines its answers will refer to) to the
+    /// open segment and sync it, before the deployment answers (blocking;
+    /// the watcher calls it before the swap). The segment then names the
+    /// config and models every request id of the deployment names, so
+    /// `gc` keeps them and `push` sends them even when no answer of it was
+    /// logged before a crash.
+    pub(crate) fn announce(&self, d: &super::deploy::Deployment) {
+        let a = Announce {
+            models: d.models.clone(),
+            config: d.config_hex.clone(),
+        };
+        self.send_control(|ack| Msg::Announce(a, ack))
+    }
+
     fn control(&self, make: fn(SyncSender<()>) -> Msg) {
+        self.send_control(make)
+    }
+
+    fn send_control(&self, make: impl FnOnce(SyncSender<()>) -> Msg) {
         let (ack_tx, ack_rx) = sync_channel(1);
         if self.tx.send(make(ack_tx)).is_ok() {
             // The writer may be sleeping out its batch wait.
@@ -312,11 +339,8 @@ struct CachedServed {
 
 /// Which (model, config) served an event, by address: events of one
 /// deployment share both.
-fn served_key(ev: &LogEvent) -> (usize, usize) {
-    (
-        Arc::as_ptr(&ev.served) as usize,
-        ev.config.as_ptr() as usize,
-    )
+fn served_key(served: &Arc<Served>, config: &Arc<str>) -> (usize, usize) {
+    (Arc::as_ptr(served) as usize, config.as_ptr() as usize)
 }
 
 /// `"model":..,"model_digest":..,...` for a line: the fields of `ServedBy`.
@@ -362,6 +386,19 @@ impl Writer {
                                 closed = true;
                                 break;
                             }
+                            Ok(Msg::Announce(an, a)) => {
+                                // Events queued before it are older: first.
+                                if self.write(&batch) {
+                                    if pending.is_empty() {
+                                        pending_since = Instant::now();
+                                    }
+                                    pending.append(&mut batch);
+                                } else {
+                                    batch.clear();
+                                }
+                                self.announce(&an);
+                                let _ = a.send(());
+                            }
                             Err(TryRecvError::Empty) => {
                                 let left = deadline.saturating_duration_since(Instant::now());
                                 if left.is_zero() {
@@ -381,6 +418,10 @@ impl Writer {
                     ack = Some((a, true));
                     closed = true;
                 }
+                Ok(Msg::Announce(an, a)) => {
+                    self.announce(&an);
+                    let _ = a.send(());
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => closed = true,
             }
@@ -390,6 +431,10 @@ impl Writer {
                     match m {
                         Msg::Event(ev) => batch.push(ev),
                         Msg::Flush(a) | Msg::Shutdown(a) => {
+                            let _ = a.send(());
+                        }
+                        Msg::Announce(an, a) => {
+                            self.announce(&an);
                             let _ = a.send(());
                         }
                     }
@@ -446,20 +491,83 @@ impl Writer {
     }
 
     fn served_by(&mut self, ev: &LogEvent) -> usize {
-        let key = served_key(ev);
+        self.served_index(&ev.served, &ev.config)
+    }
+
+    fn served_index(&mut self, served: &Arc<Served>, config: &Arc<str>) -> usize {
+        let key = served_key(served, config);
         if let Some(i) = self.served_cache.iter().position(|c| c.key == key) {
             return i;
         }
-        let by = ev.served.served_by(&ev.config);
+        let by = served.served_by(config);
         self.served_cache.push(CachedServed {
             key,
-            _served: ev.served.clone(),
-            _config: ev.config.clone(),
+            _served: served.clone(),
+            _config: config.clone(),
             fields: served_fields(&by),
             by,
             in_segment: None,
         });
         self.served_cache.len() - 1
+    }
+
+    /// Define each model of a deployment in the open segment (opening one
+    /// if needed) and sync. A failure is counted and logged: the server
+    /// answers anyway (the config and models stay in the store, named by
+    /// the ids; only gc's and push's roots miss them until an answer of
+    /// the deployment is logged).
+    fn announce(&mut self, a: &Announce) {
+        if let Err(e) = self.try_announce(a) {
+            for c in &mut self.served_cache {
+                c.in_segment = None;
+            }
+            self.metrics.log_errors.inc();
+            tracing::error!("request log: announcing a deployment: {e}");
+        }
+    }
+
+    fn try_announce(&mut self, a: &Announce) -> Result<(), LogError> {
+        if self.seg.is_none() {
+            self.seg = Some(open_segment(&self.opts)?);
+            for c in &mut self.served_cache {
+                c.in_segment = None;
+            }
+        }
+        if self.served_cache.len() + a.models.len() > 64 {
+            self.served_cache.clear();
+        }
+        let idx: Vec<usize> = a
+            .models
+            .iter()
+            .map(|m| self.served_index(m, &a.config))
+            .collect();
+        let Some(seg) = self.seg.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = Vec::new();
+        let mut defined = Vec::new();
+        for i in idx {
+            let served = &self.served_cache[i];
+            if served.in_segment.is_none() {
+                let n = seg.next_served + defined.len() as u32;
+                write_served_line(&mut buf, n, &served.fields);
+                defined.push((i, n));
+            }
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        seg.file
+            .write_all(&buf)
+            .map_err(io("append to", &seg.path))?;
+        seg.file.sync_data().map_err(io("sync", &seg.path))?;
+        seg.bytes += buf.len() as u64;
+        seg.hash.update(&buf);
+        seg.next_served += defined.len() as u32;
+        for (i, n) in defined {
+            self.served_cache[i].in_segment = Some(n);
+        }
+        Ok(())
     }
 
     /// Append a batch to the open segment (opening one if needed) and sync.

@@ -18,6 +18,8 @@ pub mod kafka;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod request_id;
+pub mod unlogged;
 mod warn;
 
 use std::collections::HashMap;
@@ -165,6 +167,10 @@ impl Server {
                 .into_iter()
                 .collect(),
         };
+        // Durably named in the log before its first answer.
+        if let Some(log) = &log {
+            log.announce(&dep);
+        }
         let state = Arc::new(AppState::new(Some(dep), metrics, log));
         state.watching(&config);
         let (stop, stop_rx) = channel();
@@ -210,6 +216,7 @@ impl Server {
             app(self.state.clone()),
             self.limits.clone(),
             self.state.metrics.clone(),
+            self.state.ids.clone(),
             shutdown,
         )
         .await;
@@ -338,6 +345,10 @@ impl Watcher {
                         d.model_names().join(", ")
                     );
                     self.state.record_reload(Ok(()));
+                    // Durably named in the log before its first answer.
+                    if let Some(log) = &self.state.log {
+                        log.announce(&d);
+                    }
                     self.state.swap(d);
                     failing = None;
                 }

@@ -38,7 +38,7 @@ pub use gc::{GcOptions, GcReport, KeptObject};
 pub use pointer::{Kind, Pointer, PointerError};
 pub use query::{ArtifactLineage, DiffEntry, EdgeView, RebuildReport, Upstream};
 pub use remote_erase::RemoteErasure;
-pub use requests::{NEAR_WINDOW_MS, RequestLineage};
+pub use requests::{NEAR_WINDOW_MS, RequestLineage, ServedLineage};
 pub use retention::{DroppedSegment, RetentionReport};
 pub use roots::{GRACE, KeepSet, PointerRoots, Reason, Role, Root, RootOptions, SERVING_CONFIG};
 pub use status::{ArtifactStatus, RemoteState, StoreState, WorkState};

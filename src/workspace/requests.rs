@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use super::{ArtifactLineage, Result, Workspace};
-use crate::segment::RequestRecord;
+use super::{ArtifactLineage, LOG_DIR, Result, Workspace};
+use crate::segment::{RequestRecord, ServedBy, parse_segment};
 use crate::store::ObjectStore;
 
 /// Everything known about one served answer.
@@ -22,16 +22,89 @@ pub struct RequestLineage {
     pub notes: Vec<String>,
 }
 
+/// What answered, explained (see [`Workspace::explain_served`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServedLineage {
+    pub model: Option<ArtifactLineage>,
+    pub dataset: Option<ArtifactLineage>,
+    pub restore: Vec<String>,
+    pub notes: Vec<String>,
+}
+
 /// How far from `--at` a logged request may be to match (the stream's time
 /// is stamped after the answer).
 pub const NEAR_WINDOW_MS: i64 = 60_000;
 
 impl Workspace {
-    /// The requests logged under `id` (normally one), explained.
-    pub(crate) fn request_lineage(&self, id: &str) -> Result<Vec<RequestLineage>> {
+    /// The requests logged under `id` (normally one), explained: from the
+    /// index, else from the open segments in `log/requests/` (written, not
+    /// indexed yet: a running server indexes within a second, a crashed
+    /// one at its next start).
+    pub fn request_lineage(&self, id: &str) -> Result<Vec<RequestLineage>> {
         let mut out = Vec::new();
         for r in self.lineage.requests_by_id(id)? {
             out.push(self.explain_request(r)?);
+        }
+        if out.is_empty() {
+            for (file, r) in self.open_segment_requests(id)? {
+                let mut l = self.explain_request(r)?;
+                l.notes.push(format!(
+                    "read from the open request-log segment {file}: written, not indexed yet"
+                ));
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Requests under `id` in the open segments (each cut after its last
+    /// whole line), with the file they are in.
+    fn open_segment_requests(&self, id: &str) -> Result<Vec<(String, RequestRecord)>> {
+        let dir = self.root.join(LOG_DIR);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut files: Vec<std::path::PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .is_some_and(|n| n.starts_with("open-") && n.ends_with(".jsonl"))
+            })
+            .collect();
+        files.sort();
+        let needle = id.as_bytes();
+        let mut out = Vec::new();
+        for p in files {
+            // Closed into the store meanwhile: then it is indexed.
+            let Ok(mut bytes) = std::fs::read(&p) else {
+                continue;
+            };
+            let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            bytes.truncate(whole);
+            // Only the header, the served-by definitions and the lines
+            // naming the id are parsed: a segment holds up to 64 MiB.
+            let mut lines = bytes.split(|b| *b == b'\n');
+            let mut some = lines.next().unwrap_or_default().to_vec();
+            some.push(b'\n');
+            let mut hit = false;
+            for l in lines {
+                let mine = l.windows(needle.len()).any(|w| w == needle);
+                if mine || l.starts_with(b"{\"recsys_served\"") {
+                    hit |= mine;
+                    some.extend_from_slice(l);
+                    some.push(b'\n');
+                }
+            }
+            if !hit {
+                continue;
+            }
+            let label = p.display().to_string();
+            if let Ok(seg) = parse_segment(&label, &some) {
+                for r in seg.records.into_iter().filter(|r| r.id == id) {
+                    out.push((label.clone(), r));
+                }
+            }
         }
         Ok(out)
     }
@@ -49,9 +122,21 @@ impl Workspace {
     }
 
     fn explain_request(&self, request: RequestRecord) -> Result<RequestLineage> {
+        let e = self.explain_served(&request.served)?;
+        Ok(RequestLineage {
+            request,
+            model: e.model,
+            dataset: e.dataset,
+            restore: e.restore,
+            notes: e.notes,
+        })
+    }
+
+    /// What answered (model, dataset, config) explained: their lineage,
+    /// the commands that restore them, and what is missing here.
+    pub(crate) fn explain_served(&self, s: &ServedBy) -> Result<ServedLineage> {
         let mut notes = Vec::new();
         let mut restore = Vec::new();
-        let s = &request.served;
         let model = self.exact_version(&s.model, &s.model_digest, &mut notes)?;
         let dataset = if s.dataset.is_empty() {
             notes.push(format!(
@@ -71,8 +156,7 @@ impl Workspace {
                 s.config_digest
             ));
         }
-        Ok(RequestLineage {
-            request,
+        Ok(ServedLineage {
             model,
             dataset,
             restore,

@@ -297,8 +297,20 @@ fn forget_leaves_no_byte_of_the_user_in_the_project_or_the_remote() {
         assert_eq!(l["request"]["id"], id.as_str(), "{l}");
         assert!(l["model"].is_object(), "{id}: {l}");
     }
+    // A forgotten id is no longer logged anywhere: `lineage` can only say
+    // what the id itself names (config and model), that user and items are
+    // unknown, and that a forget may have removed it.
     for id in &x_ids {
-        assert!(!env.run(&["lineage", id]).status.success(), "{id} resolves");
+        let out = env.run(&["lineage", id, "--json"]);
+        let l: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(l["logged"], false, "{id} is still logged: {l}");
+        assert!(
+            l["unknown"]
+                .as_array()
+                .is_some_and(|u| u.contains(&"user".into()) && u.contains(&"items".into())),
+            "{l}"
+        );
+        assert!(l.to_string().contains("recsys forget"), "{l}");
     }
     audit_clean(&env);
     // Forgetting again: nothing left, said so, nothing changed.
@@ -306,8 +318,20 @@ fn forget_leaves_no_byte_of_the_user_in_the_project_or_the_remote() {
     assert!(err.contains("forgotten already by run"), "{err}");
     // A rebuilt index does not bring the user back, and stays clean.
     env.ok(&["lineage", "--rebuild"]);
+    // A forgotten id is no longer logged anywhere: `lineage` can only say
+    // what the id itself names (config and model), that user and items are
+    // unknown, and that a forget may have removed it.
     for id in &x_ids {
-        assert!(!env.run(&["lineage", id]).status.success(), "{id} resolves");
+        let out = env.run(&["lineage", id, "--json"]);
+        let l: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(l["logged"], false, "{id} is still logged: {l}");
+        assert!(
+            l["unknown"]
+                .as_array()
+                .is_some_and(|u| u.contains(&"user".into()) && u.contains(&"items".into())),
+            "{l}"
+        );
+        assert!(l.to_string().contains("recsys forget"), "{l}");
     }
     audit_clean(&env);
 }
@@ -378,7 +402,10 @@ fn retention_drops_old_segments_and_keeps_young_ones() {
     assert_eq!(record["kind"], "retention");
     assert_eq!(record["source"]["erased"][0]["digest"], seg.as_str());
     assert!(!seg_path.exists(), "the old segment is still stored");
-    assert!(!env.run(&["lineage", &old_id]).status.success());
+    let out = env.run(&["lineage", &old_id, "--json"]);
+    let l: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(l["logged"], false, "{old_id} is still logged: {l}");
+    assert!(l.to_string().contains("retention"), "{l}");
     let l = env.json(&["lineage", &young_id, "--json"]);
     assert!(l["model"].is_object(), "{l}");
     audit_clean(&env);

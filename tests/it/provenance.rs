@@ -28,6 +28,15 @@ fn object_path(env: &Env, digest: &str) -> std::path::PathBuf {
 /// (popularity) trained on it by `recsys train`, served by `config.json`.
 fn served_project() -> Env {
     let env = Env::new();
+    add_served_model(&env, "data/dataset_1");
+    env.commit("dataset, model, config");
+    env
+}
+
+/// A small synthetic dataset at `dir`, a popularity model trained on it by
+/// `recsys train`, and `config.json` serving it; returns the dataset's and
+/// the model's version names.
+pub(crate) fn add_served_model(env: &Env, dir: &str) -> (String, String) {
     let mut events = String::from("time_ms,user,movie,kind,value\n");
     let mut n = 0;
     for u in 1..=12 {
@@ -41,27 +50,36 @@ fn served_project() -> Env {
             }
         }
     }
-    env.write("data/dataset_1/events.csv", events);
+    env.write(&format!("{dir}/events.csv"), events);
     env.write(
-        "data/dataset_1/users.csv",
+        &format!("{dir}/users.csv"),
         "user,age,gender,occupation\n1,20,M,x\n",
     );
-    env.write("data/dataset_1/movies.csv", "movie,title,year,genres\n");
+    env.write(&format!("{dir}/movies.csv"), "movie,title,year,genres\n");
     env.write(
-        "data/dataset_1/requests.csv",
+        &format!("{dir}/requests.csv"),
         "time_ms,user,status,latency_ms,items\n",
     );
     env.write(
-        "data/dataset_1/dataset.json",
+        &format!("{dir}/dataset.json"),
         format!(
             r#"{{"format":1,"source":{{"import":"synthetic"}},"counts":{{"events":{n},"watch":0,"rate":{n},"requests":0,"users":1,"movies":0}}}}"#
         ),
     );
-    env.ok(&["add", "data/dataset_1", "--kind", "dataset"]);
-    env.ok(&["train", "--dataset", "dataset_1", "--algo", "popularity"]);
-    env.write("config.json", r#"{"default": "model_v1"}"#);
-    env.commit("dataset, model, config");
-    env
+    env.ok(&["add", dir, "--kind", "dataset"]);
+    let ds = pointer_field(env, &format!("{dir}.recsys"), "name");
+    env.ok(&["train", "--dataset", &ds, "--algo", "popularity"]);
+    let model = env
+        .json(&["ls", "--json"])
+        .as_array()
+        .expect("ls list")
+        .iter()
+        .filter(|a| a["kind"] == "model")
+        .filter_map(|a| a["name"].as_str().map(String::from))
+        .next_back()
+        .expect("a model");
+    env.write("config.json", format!(r#"{{"default": "{model}"}}"#));
+    (ds, model)
 }
 
 struct Serving {
@@ -615,4 +633,241 @@ fn the_request_index_always_comes_back() {
         env.ok(&["lineage", id]);
     }
     env.ok(&["audit"]);
+}
+
+/// Clients on keep-alive connections asking for recommendations until told
+/// to stop or the server goes away; each keeps every request id it
+/// received a whole answer under.
+pub(crate) struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    pub(crate) fn start(port: u16, clients: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|n| {
+                let stop = stop.clone();
+                std::thread::spawn(move || client(port, n as u32, &stop))
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    /// Every id received, by any client.
+    pub(crate) fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("client thread"))
+            .collect()
+    }
+}
+
+/// One answer on a keep-alive connection: (status, request id), once the
+/// whole body is read.
+fn one_answer(
+    s: &mut TcpStream,
+    r: &mut BufReader<TcpStream>,
+    user: u32,
+) -> std::io::Result<(u16, Option<String>)> {
+    // One write: pieces would wait out Nagle and a delayed ACK.
+    s.write_all(format!("GET /recommend/{user} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let (mut len, mut id) = (0usize, None);
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| std::io::ErrorKind::InvalidData)?;
+            } else if k.eq_ignore_ascii_case("x-request-id") {
+                id = Some(v.trim().to_string());
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok((status, id))
+}
+
+fn client(port: u16, n: u32, stop: &std::sync::atomic::AtomicBool) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut user = n;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // Refused: the server is gone.
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            break;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_nodelay(true);
+        let Ok(rs) = s.try_clone() else { break };
+        let mut r = BufReader::new(rs);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            user = user % 12 + 1;
+            match one_answer(&mut s, &mut r, user) {
+                Ok((200, Some(id))) => ids.push(id),
+                Ok((status, id)) => panic!("answer {status} ({id:?}) under load"),
+                Err(_) => break, // killed mid-answer: not received
+            }
+        }
+    }
+    ids
+}
+
+/// What every received id resolves to, checked through the library
+/// (`Workspace::request_lineage`, `serve::unlogged::explain`: what
+/// `recsys lineage <id>` calls); returns the ids that were logged.
+pub(crate) fn check_ids_resolve(
+    env: &Env,
+    ids: &[String],
+    model: &str,
+    dataset: &str,
+    config: &str,
+) -> Result<std::collections::BTreeSet<String>, String> {
+    let ws = recsys::workspace::Workspace::discover(&env.root, Default::default())
+        .map_err(|e| e.to_string())?;
+    let mut logged = std::collections::BTreeSet::new();
+    for id in ids {
+        let found = ws.request_lineage(id).map_err(|e| format!("{id}: {e}"))?;
+        if let Some(l) = found.first() {
+            let r = &l.request;
+            if r.served.model != model || r.served.dataset != dataset || r.items.is_empty() {
+                return Err(format!("{id}: logged as {r:?}"));
+            }
+            if r.served.config_digest != config {
+                return Err(format!(
+                    "{id}: logged with config {}",
+                    r.served.config_digest
+                ));
+            }
+            logged.insert(id.clone());
+            continue;
+        }
+        let uuid: uuid::Uuid = id.parse().map_err(|e| format!("{id}: {e}"))?;
+        let u = recsys::serve::unlogged::explain(&ws, &uuid)
+            .map_err(|e| format!("{id}: {e}"))?
+            .ok_or_else(|| format!("{id}: neither logged nor one of our ids"))?;
+        let s = u
+            .served
+            .as_ref()
+            .ok_or_else(|| format!("{id}: unlogged and unresolved: {:?}", u.notes))?;
+        if !u.resolved()
+            || u.logged
+            || s.model != model
+            || s.dataset != dataset
+            || u.config_digest.as_deref() != Some(config)
+            || u.model.is_none()
+            || u.dataset.is_none()
+            || !u.unknown.contains(&"items")
+        {
+            return Err(format!("{id}: unlogged, resolved as {u:?}"));
+        }
+    }
+    Ok(logged)
+}
+
+/// Reproduction 8: `kill -9` of `recsys serve` under load. Every request
+/// id a client received resolves: a logged answer fully, one whose log
+/// line never reached the disk to its config, model and dataset with user
+/// and items said to be unknown; before the server restarts, after its
+/// crash recovery, and after `lineage --rebuild`.
+#[test]
+fn every_request_id_a_client_received_resolves_after_kill_9() {
+    let env = served_project();
+    let config = digest_of(&env.read("config.json"));
+    let mut s = serve(&env);
+    let load = Load::start(s.port, 3);
+    std::thread::sleep(Duration::from_millis(400));
+    s.child.kill().expect("kill -9");
+    s.child.wait().expect("wait");
+    let ids = load.finish();
+    assert!(ids.len() > 100, "only {} answers under load", ids.len());
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "an id was given twice");
+
+    let logged = check_ids_resolve(&env, &ids, "model_v1", "dataset_1", &config)
+        .unwrap_or_else(|e| panic!("before restart: {e}"));
+    let unlogged: Vec<&String> = ids.iter().filter(|i| !logged.contains(*i)).collect();
+    eprintln!(
+        "kill -9 under load: {} ids received, {} logged, {} not",
+        ids.len(),
+        logged.len(),
+        unlogged.len()
+    );
+    // The kill lands while answers are out and their batch is not synced.
+    assert!(
+        !unlogged.is_empty(),
+        "the kill lost no log line: nothing tested"
+    );
+    // Through the binary, with --json and without.
+    for id in unlogged.iter().take(20) {
+        let l = env.json(&["lineage", id, "--json"]);
+        assert_eq!(l["logged"], false, "{l}");
+        assert_eq!(l["served"]["model"], "model_v1", "{l}");
+        assert_eq!(l["served"]["dataset"], "dataset_1", "{l}");
+        assert_eq!(l["config_digest"], config.as_str(), "{l}");
+        assert_eq!(l["dataset"]["artifact"]["name"], "dataset_1", "{l}");
+        assert!(
+            l["unknown"]
+                .as_array()
+                .expect("unknown")
+                .contains(&"items".into())
+        );
+    }
+    let text = env.ok(&["lineage", unlogged[0]]);
+    for want in [
+        "(not logged)",
+        "model:      model_v1",
+        "dataset:    dataset_1",
+        "items:      unknown",
+        "never reached the disk",
+        &config,
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+    assert!(!text.contains("recsys pull"), "no remote: {text}");
+    let logged_one = logged.iter().next_back().expect("a logged answer");
+    let l = env.json(&["lineage", logged_one, "--json"]);
+    assert_eq!(l["request"]["model"], "model_v1", "{l}");
+
+    // Not ours and not logged: said so, with no `recsys pull` to try
+    // (no remote is configured).
+    let err = env.fails(2, &["lineage", "0190f8b5-5d2e-4cc0-9a1b-8f3c2d4e5f60"]);
+    assert!(err.contains("not a recsys request id"), "{err}");
+    assert!(!err.contains("recsys pull"), "{err}");
+
+    // Crash recovery indexes what was written; the rest still resolves.
+    let s = serve(&env);
+    let after = check_ids_resolve(&env, &ids, "model_v1", "dataset_1", &config)
+        .unwrap_or_else(|e| panic!("after restart: {e}"));
+    assert_eq!(after, logged, "recovery indexed exactly what was written");
+    s.stop();
+    env.ok(&["lineage", "--rebuild"]);
+    let rebuilt = check_ids_resolve(&env, &ids, "model_v1", "dataset_1", &config)
+        .unwrap_or_else(|e| panic!("after lineage --rebuild: {e}"));
+    assert_eq!(rebuilt, logged);
+    env.ok(&["audit"]);
+    // What the unlogged ids name is kept by gc: the segments name it.
+    env.ok(&["gc", "--grace", "0s"]);
+    check_ids_resolve(&env, &ids, "model_v1", "dataset_1", &config)
+        .unwrap_or_else(|e| panic!("after gc: {e}"));
 }

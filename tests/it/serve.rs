@@ -234,7 +234,21 @@ async fn recommend_answers_ids_with_a_request_id() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(headers["content-type"].starts_with("text/plain"));
     let id = uuid::Uuid::parse_str(&headers["x-request-id"]).expect("uuid");
-    assert_eq!(id.get_version_num(), 7, "time-ordered id");
+    assert_eq!(id.get_version_num(), 8, "a self-describing id");
+    let d = recsys::serve::request_id::decode(&id).expect("ours");
+    let dep = st.deployment.load_full().expect("deployed");
+    assert_eq!(d.config_hex(), dep.config_digest.hex()[..8]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    assert!(
+        d.time_ms <= now && now - d.time_ms < 60_000,
+        "time-ordered id"
+    );
+    // Which model answered: the one the split routes user 3 to.
+    let (mi, _) = dep.router.route(3, dep.users.get(&3)).expect("routed");
+    assert_eq!(d.slot, recsys::serve::request_id::Slot::Model(mi));
     let ids: Vec<&str> = body.trim_end().split(',').collect();
     assert!(!ids.is_empty() && ids.len() <= 20, "{body}");
     assert!(ids.iter().all(|i| names.contains(*i)), "{body}");
@@ -244,12 +258,20 @@ async fn recommend_answers_ids_with_a_request_id() {
         "no repeats"
     );
 
-    // A well-formed incoming id is honoured; a malformed one is replaced.
+    // A caller's id is never the answer's (it would not say what
+    // answered, and could name two answers): it comes back beside ours.
     let mine = "0190f8b5-5d2e-7cc0-9a1b-8f3c2d4e5f60";
     let (_, h, _) = get(&st, "/recommend/3", Some(mine)).await;
-    assert_eq!(h["x-request-id"], mine);
-    let (_, h, _) = get(&st, "/recommend/3", Some("not-a-uuid; drop table")).await;
-    assert_ne!(h["x-request-id"], "not-a-uuid; drop table");
+    assert_ne!(h["x-request-id"], mine);
+    assert!(recsys::serve::request_id::decode(&h["x-request-id"].parse().expect("uuid")).is_some());
+    assert_eq!(h["x-client-request-id"], mine);
+    let (_, h, _) = get(&st, "/recommend/3", Some("not-a-uuid;drop-table")).await;
+    assert_eq!(h["x-client-request-id"], "not-a-uuid;drop-table");
+    let (_, h, _) = get(&st, "/recommend/3", Some(&"x".repeat(129))).await;
+    assert!(
+        !h.contains_key("x-client-request-id"),
+        "too long: not echoed"
+    );
     assert!(uuid::Uuid::parse_str(&h["x-request-id"]).is_ok());
 
     let (status, _, body) = get(&st, "/health", None).await;

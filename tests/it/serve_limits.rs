@@ -250,10 +250,14 @@ async fn framework_rejections_get_a_request_id_and_our_own_message() {
     assert!(body.starts_with("bad user id: not UTF-8"), "{body}");
     assert!(!body.contains("Invalid URL"), "{body}");
     assert!(h["content-type"].starts_with("text/plain"), "{h:?}");
-    // A caller's well-formed id is kept on a rejection too.
+    // A rejection's id is ours too (no model answered it); the caller's
+    // comes back beside it.
     let mine = "0190f8b5-5d2e-7cc0-9a1b-8f3c2d4e5f60";
     let (_, h, _) = get(&st, "/recommend/%C3%28", Some(mine)).await;
-    assert_eq!(h["x-request-id"], mine);
+    assert_eq!(h["x-client-request-id"], mine);
+    let d =
+        recsys::serve::request_id::decode(&h["x-request-id"].parse().expect("uuid")).expect("ours");
+    assert_eq!(d.slot, recsys::serve::request_id::Slot::None);
     // Method not allowed: the router's own answer, replaced by ours.
     let res = app(st.clone())
         .oneshot(

@@ -56,9 +56,20 @@ enum Cmd {
     Checkout,
     Gc,
     Ingest,
+    Serve,
 }
 
-const CMDS: [Cmd; 5] = [Cmd::Add, Cmd::Push, Cmd::Checkout, Cmd::Gc, Cmd::Ingest];
+const CMDS: [Cmd; 6] = [
+    Cmd::Add,
+    Cmd::Push,
+    Cmd::Checkout,
+    Cmd::Gc,
+    Cmd::Ingest,
+    Cmd::Serve,
+];
+
+/// Ids of earlier serve rounds checked again after every kill.
+const RECHECK_IDS: u64 = 20;
 
 struct Torture {
     env: Env,
@@ -77,6 +88,10 @@ struct Torture {
     kills: BTreeMap<Cmd, usize>,
     completed: usize,
     generation: u64,
+    /// What serves: dataset and model names, the config's digest.
+    served: (String, String, String),
+    /// Every request id a client received, over all serve rounds.
+    ids: Vec<String>,
 }
 
 impl Torture {
@@ -106,13 +121,69 @@ impl Torture {
             kills: BTreeMap::new(),
             completed: 0,
             generation: 0,
+            served: Default::default(),
+            ids: Vec::new(),
         };
         t.write_big();
         t.write_small(400);
         t.env.ok(&["add", "data/big.bin", "--kind", "dataset"]);
         t.env.ok(&["add", "data/small", "--kind", "dataset"]);
+        // Not under data/dataset_*: check_ingest counts those.
+        let (ds, model) = crate::provenance::add_served_model(&t.env, "data/served");
+        let config = blake3::hash(&t.env.read("config.json"))
+            .to_hex()
+            .to_string();
+        t.served = (ds, model, config);
         t.env.commit("data");
         t
+    }
+
+    /// Start `recsys serve`, put it under load from two clients, `kill -9`
+    /// it after a random delay, and check that every id a client received
+    /// resolves (logged ones fully, the rest to config, model and dataset).
+    fn serve_round(&mut self) -> Result<(), String> {
+        let mut child = self
+            .env
+            .cmd(&["serve", "--port", "0", "--poll-ms", "200"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut out = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).map_err(|e| e.to_string())?;
+        let port: u16 = line
+            .trim_end()
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| {
+                let _ = child.kill();
+                format!("serve did not start: {line:?}")
+            })?;
+        let load = crate::provenance::Load::start(port, 2);
+        std::thread::sleep(Duration::from_millis(20 + self.rng.below(180)));
+        child.kill().map_err(|e| e.to_string())?;
+        let _ = child.wait();
+        *self.kills.entry(Cmd::Serve).or_default() += 1;
+        let ids = load.finish();
+        let (ds, model, config) = &self.served;
+        crate::provenance::check_ids_resolve(&self.env, &ids, model, ds, config)?;
+        self.ids.extend(ids);
+        Ok(())
+    }
+
+    /// Some ids of earlier serve rounds still resolve.
+    fn recheck_ids(&mut self) -> Result<(), String> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let some: Vec<String> = (0..RECHECK_IDS)
+            .map(|_| self.ids[self.rng.below(self.ids.len() as u64) as usize].clone())
+            .collect();
+        let (ds, model, config) = &self.served;
+        crate::provenance::check_ids_resolve(&self.env, &some, model, ds, config).map(|_| ())
     }
 
     /// A 6 MiB file whose bytes change with every generation.
@@ -188,6 +259,7 @@ impl Torture {
             }
             // No grace period: gc must then be right about every object.
             Cmd::Gc => vec!["gc".into(), "--grace".into(), "0s".into()],
+            Cmd::Serve => vec!["serve".into(), "--port".into(), "0".into()],
             Cmd::Ingest => {
                 let n = 200 + self.rng.below(800);
                 self.produce(n);
@@ -217,6 +289,9 @@ impl Torture {
     /// Run `cmd` and kill it after a random delay. True when the kill
     /// landed (the command had not finished yet).
     fn round(&mut self, cmd: Cmd) -> Result<bool, String> {
+        if cmd == Cmd::Serve {
+            return self.serve_round().map(|()| true);
+        }
         let budget = self
             .took
             .get(&cmd)
@@ -253,7 +328,8 @@ impl Torture {
         Ok(true)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&mut self) -> Result<(), String> {
+        self.recheck_ids()?;
         let o = self.env.run(&["audit", "--json"]);
         if !o.status.success() {
             return Err(format!(
@@ -391,6 +467,9 @@ fn random_kills_of_every_writing_command_lose_nothing() {
     let mut t = Torture::new(seed);
     // One full run of each: the kill delays are drawn below these times.
     for cmd in CMDS {
+        if cmd == Cmd::Serve {
+            continue; // it never ends by itself; its rounds draw their own delays
+        }
         t.took.insert(cmd, Duration::from_secs(2));
         let child = t.start(cmd);
         let t0 = Instant::now();
