@@ -96,9 +96,9 @@ impl Workspace {
                 _ => return Err(WorkspaceError::Occupied(PathBuf::from("data").join(&name))),
             }
         }
+        remove_stale_staging(&data, &name);
         // 0777 less the umask, as `mkdir` makes it (tempfile's default is
-        // 0700). A killed writer's leftover is a dot-directory `gc` and
-        // `status` never look at.
+        // 0700).
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}.recsys-tmp-"))
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o777))
@@ -160,6 +160,28 @@ impl Workspace {
                 let _ = fs::remove_dir_all(&dir);
                 Err(e)
             }
+        }
+    }
+}
+
+/// A killed writer leaves its staging directory (`.dataset_N.recsys-tmp-*`)
+/// behind: remove those of this name older than the grace period (a
+/// younger one may be a concurrent writer's). Best effort: a leftover that
+/// cannot be removed only wastes space.
+fn remove_stale_staging(data: &Path, name: &str) {
+    let prefix = format!(".{name}.recsys-tmp-");
+    let Ok(rd) = fs::read_dir(data) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let stale = e.file_name().to_string_lossy().starts_with(&prefix)
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > super::GRACE);
+        if stale {
+            let _ = fs::remove_dir_all(e.path());
         }
     }
 }
