@@ -367,12 +367,21 @@ impl LineageDb {
     }
 
     pub(crate) fn run_ids(&self) -> Result<Vec<Digest>> {
+        self.run_ids_where(None)
+    }
+
+    /// The runs of one kind (`ingest`, ...), oldest first.
+    pub(crate) fn run_ids_of_kind(&self, kind: &str) -> Result<Vec<Digest>> {
+        self.run_ids_where(Some(kind))
+    }
+
+    fn run_ids_where(&self, kind: Option<&str>) -> Result<Vec<Digest>> {
         let mut st = self
             .conn
-            .prepare("SELECT id FROM runs ORDER BY started")
+            .prepare("SELECT id FROM runs WHERE ?1 IS NULL OR kind = ?1 ORDER BY started")
             .map_err(|e| self.err(e))?;
         let rows = st
-            .query_map([], |r| r.get::<_, String>(0))
+            .query_map([kind], |r| r.get::<_, String>(0))
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {

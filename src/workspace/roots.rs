@@ -136,6 +136,9 @@ pub enum Root {
     RequestIndex,
     /// The serving config in the work tree.
     ServingConfig { path: String },
+    /// Data an `ingest` run consumed from a stream: its offsets count as
+    /// read, so this is the only copy (kept until `forget`/retention).
+    Ingested,
     /// Lineage: run records and closed segments are history.
     Lineage,
     /// Changed less than `grace_s` seconds ago.
@@ -154,6 +157,7 @@ impl std::fmt::Display for Root {
             Root::Segment { segment, .. } => write!(f, "open request-log segment {segment}"),
             Root::RequestIndex => f.write_str("the request index in lineage.db"),
             Root::ServingConfig { path } => write!(f, "the serving config {path}"),
+            Root::Ingested => f.write_str("ingested stream data"),
             Root::Lineage => f.write_str("lineage"),
             Root::Recent { grace_s } => write!(f, "changed less than {grace_s} s ago"),
         }
@@ -655,6 +659,15 @@ impl Workspace {
             }
         }
 
+        // 3b. What ingest runs consumed: the next ingest resumes after the
+        //     offsets a run recorded, so its dataset is the only copy of
+        //     those events, pointer file or not (a kill between indexing
+        //     the run and writing the pointer leaves none).
+        let root = b.root(Root::Ingested);
+        for id in self.lineage.run_ids_of_kind("ingest")? {
+            b.run(id, root);
+        }
+
         // 4. Lineage: run records and segments, unexpanded.
         let root = b.root(Root::Lineage);
         for l in listed.iter().filter(|l| l.run) {
@@ -879,6 +892,50 @@ mod tests {
         assert!(phases[1].contains(&d) && phases[1].contains(&v2));
         assert!(phases[2].contains(&run1) && phases[2].contains(&run2));
         assert!(!phases.iter().flatten().any(|x| *x == v1));
+    }
+
+    #[test]
+    fn what_an_ingest_consumed_is_kept_without_a_pointer_and_other_runs_outputs_are_not() {
+        // A kill between indexing the run and writing the pointer leaves
+        // an ingest's dataset with no pointer, and the next ingest resumes
+        // after its offsets: it is the only copy of those events.
+        let t = T::new();
+        t.write("data/dataset_1/events.csv", "e");
+        t.write("data/imported.csv", "i");
+        let (ingest, added) =
+            t.ws.record_run(
+                RunSpec::new("ingest", 0),
+                &[Output {
+                    path: t.path("data/dataset_1"),
+                    kind: Some(Kind::Dataset),
+                    name: None,
+                }],
+                &NoProgress,
+            )
+            .expect("ingest run");
+        let (_, imported) =
+            t.ws.record_run(
+                RunSpec::new("import", 0),
+                &[Output {
+                    path: t.path("data/imported.csv"),
+                    kind: Some(Kind::Dataset),
+                    name: None,
+                }],
+                &NoProgress,
+            )
+            .expect("import run");
+        fs::remove_file(t.path("data/dataset_1.recsys")).expect("rm pointer");
+        fs::remove_file(t.path("data/imported.csv.recsys")).expect("rm pointer");
+        let k = t.keep(&old_only());
+        assert_eq!(
+            root_of(&k, &added[0].digest),
+            (Root::Ingested, Role::Output, ingest)
+        );
+        assert_eq!(
+            root_of(&k, &Digest::of(b"e")),
+            (Root::Ingested, Role::File, Some(added[0].digest))
+        );
+        assert!(!k.contains(&imported[0].digest), "an import is re-runnable");
     }
 
     #[test]
