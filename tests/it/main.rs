@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod ingest;
+mod models;
 mod monitor;
 mod movielens;
 mod pipeline;
