@@ -17,6 +17,9 @@ enum AlgoArg {
     /// EASE, closed-form item-item model (λ = --reg, default 300; at most
     /// 20,000 items); cold users get recent popularity.
     Ease,
+    /// EASE blended with recent popularity (--blend, default 0.5) for warm
+    /// users; cold users get recent popularity.
+    Hybrid,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -69,6 +72,10 @@ pub struct Flags {
     /// ms, s, m, h, d, w.
     #[arg(long, allow_hyphen_values = true)]
     half_life: Option<String>,
+    /// Weight of recent popularity against EASE for warm users (hybrid),
+    /// 0 to 1 [default: 0.5].
+    #[arg(long, allow_hyphen_values = true)]
+    blend: Option<f32>,
     /// Seed of the model's initialisation and of the random split [default: 42].
     #[arg(long)]
     seed: Option<u64>,
@@ -90,11 +97,13 @@ impl Flags {
                 AlgoArg::Popularity => Algo::Popularity,
                 AlgoArg::Recent => Algo::Recent,
                 AlgoArg::Ease => Algo::Ease,
+                AlgoArg::Hybrid => Algo::Hybrid,
             },
             factors: a.factors,
             epochs: a.epochs,
             reg: a.reg,
             half_life: a.half_life.clone(),
+            blend: a.blend,
             seed: a.seed,
             split: match a.split {
                 SplitArg::Time => SplitKind::Time,

@@ -112,7 +112,7 @@ fn version_for(algo: Algo) -> u32 {
 fn expected_lens(algo: Algo, n_users: u64, n_items: u64, k: u64, nnz: u64) -> Option<[u64; 10]> {
     let svd = u64::from(algo == Algo::Svd);
     let prior = u64::from(algo.has_recency_prior());
-    let ease = u64::from(algo == Algo::Ease);
+    let ease = u64::from(algo.has_item_item());
     Some([
         3 * svd,
         n_users * svd,

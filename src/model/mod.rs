@@ -124,15 +124,20 @@ pub enum Algo {
     /// EASE (Steck 2019): closed-form item-item regression; cold users get
     /// the time-decayed popularity list.
     Ease,
+    /// EASE for warm users blended with the recency prior (each scaled to a
+    /// maximum of 1; weight `blend` on the prior); cold users get the
+    /// time-decayed popularity list.
+    Hybrid,
 }
 
 impl Algo {
-    pub(crate) const ALL: [Algo; 5] = [
+    pub(crate) const ALL: [Algo; 6] = [
         Algo::Svd,
         Algo::Als,
         Algo::Popularity,
         Algo::Recent,
         Algo::Ease,
+        Algo::Hybrid,
     ];
 
     pub fn name(self) -> &'static str {
@@ -142,13 +147,19 @@ impl Algo {
             Algo::Popularity => "popularity",
             Algo::Recent => "recent",
             Algo::Ease => "ease",
+            Algo::Hybrid => "hybrid",
         }
     }
 
     /// Whether the model carries a recency prior (`item_scores`) that
     /// orders its cold-user list.
     pub(crate) fn has_recency_prior(self) -> bool {
-        matches!(self, Algo::Recent | Algo::Ease)
+        matches!(self, Algo::Recent | Algo::Ease | Algo::Hybrid)
+    }
+
+    /// Whether the model carries EASE's item-item weights.
+    pub(crate) fn has_item_item(self) -> bool {
+        matches!(self, Algo::Ease | Algo::Hybrid)
     }
 }
 
@@ -167,7 +178,8 @@ impl FromStr for Algo {
             .ok_or_else(|| ModelError::InvalidParam {
                 name: "algorithm",
                 reason: format!(
-                    "unknown algorithm {s:?} (expected svd, als, popularity, recent or ease)"
+                    "unknown algorithm {s:?} \
+                     (expected svd, als, popularity, recent, ease or hybrid)"
                 ),
             })
     }
@@ -200,6 +212,10 @@ pub struct Params {
     /// their recorded parameters and digests are unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub half_life_ms: Option<u64>,
+    /// Weight of the recency prior against EASE's scores, in [0, 1]
+    /// (hybrid). Absent for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blend: Option<f32>,
 }
 
 impl Params {
@@ -216,6 +232,7 @@ impl Params {
                 init_std: 0.1,
                 seed: 42,
                 half_life_ms: None,
+                blend: None,
             },
             Algo::Als => Params {
                 factors: 32,
@@ -227,6 +244,7 @@ impl Params {
                 init_std: 0.01,
                 seed: 42,
                 half_life_ms: None,
+                blend: None,
             },
             Algo::Popularity => Params {
                 factors: 0,
@@ -238,6 +256,7 @@ impl Params {
                 init_std: 0.0,
                 seed: 0,
                 half_life_ms: None,
+                blend: None,
             },
             Algo::Recent => Params {
                 half_life_ms: Some(DEFAULT_HALF_LIFE_MS),
@@ -248,6 +267,11 @@ impl Params {
                 reg: 300.0,
                 half_life_ms: Some(DEFAULT_HALF_LIFE_MS),
                 ..Params::default_for(Algo::Popularity)
+            },
+            // Equal weight: neither part is preferred a priori.
+            Algo::Hybrid => Params {
+                blend: Some(0.5),
+                ..Params::default_for(Algo::Ease)
             },
         }
     }
@@ -358,12 +382,8 @@ impl Model {
             },
             Algo::Popularity => i.map_or(0.0, |i| self.item_counts[i] as f32),
             Algo::Recent => i.map_or(0.0, |i| self.item_scores[i]),
-            Algo::Ease => match (u, i) {
-                (Some(u), Some(i)) => self
-                    .seen_row(u)
-                    .iter()
-                    .map(|&s| self.item_item[s as usize * self.n_items + i])
-                    .sum(),
+            Algo::Ease | Algo::Hybrid => match (u, i) {
+                (Some(u), Some(i)) => self.item_item_scores(u)[i],
                 _ => i.map_or(0.0, |i| self.item_scores[i]),
             },
         }
@@ -393,18 +413,32 @@ impl Model {
                     .map(|(i, qi)| dot(pu, qi) + self.item_bias.get(i).copied().unwrap_or(0.0));
                 top_n(scores, n, seen)
             }
-            Algo::Ease => {
-                // Sum of the B rows of the user's training items, in row order.
-                let mut acc = vec![0.0f32; self.n_items];
-                for &s in self.seen_row(u) {
-                    let row = &self.item_item[s as usize * self.n_items..][..self.n_items];
-                    for (a, b) in acc.iter_mut().zip(row) {
-                        *a += b;
-                    }
-                }
-                top_n(acc.into_iter(), n, seen)
+            Algo::Ease | Algo::Hybrid => top_n(self.item_item_scores(u).into_iter(), n, seen),
+        }
+    }
+
+    /// Scores of every item for known user `u`: EASE's (the sum of the B
+    /// rows of the user's training items, in row order), for hybrid blended
+    /// with the recency prior, each divided by its maximum.
+    fn item_item_scores(&self, u: usize) -> Vec<f32> {
+        let mut acc = vec![0.0f32; self.n_items];
+        for &s in self.seen_row(u) {
+            let row = &self.item_item[s as usize * self.n_items..][..self.n_items];
+            for (a, b) in acc.iter_mut().zip(row) {
+                *a += b;
             }
         }
+        if self.algo == Algo::Hybrid {
+            let w = self.params.blend.unwrap_or(0.0);
+            let max = |v: &[f32]| v.iter().copied().fold(0.0f32, f32::max);
+            let (em, pm) = (max(&acc), max(&self.item_scores));
+            let e_scale = if em > 0.0 { (1.0 - w) / em } else { 0.0 };
+            let p_scale = if pm > 0.0 { w / pm } else { 0.0 };
+            for (a, p) in acc.iter_mut().zip(&self.item_scores) {
+                *a = *a * e_scale + p * p_scale;
+            }
+        }
+        acc
     }
 }
 

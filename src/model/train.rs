@@ -23,7 +23,7 @@ pub fn train(
     params: &Params,
 ) -> Result<Model, ModelError> {
     check_params(algo, params)?;
-    if algo == Algo::Ease {
+    if algo.has_item_item() {
         super::ease::check_size(n_items)?;
     }
     for (index, ev) in data.iter().enumerate() {
@@ -83,7 +83,7 @@ pub fn train(
         Algo::Popularity | Algo::Recent => {}
         Algo::Svd => fit_svd(&mut model, data, &uidx)?,
         Algo::Als => fit_als(&mut model, &csr)?,
-        Algo::Ease => {
+        Algo::Ease | Algo::Hybrid => {
             model.item_item = super::ease::fit(&csr.offsets, &csr.items, n_items, params.reg)?
         }
     }
@@ -166,16 +166,27 @@ fn check_params(algo: Algo, p: &Params) -> Result<(), ModelError> {
     if algo.has_recency_prior() {
         match p.half_life_ms {
             Some(h) if h > 0 => {}
-            _ => return bad("half_life_ms", "must be set and > 0 for recent and ease"),
+            _ => {
+                return bad(
+                    "half_life_ms",
+                    "must be set and > 0 for recent, ease and hybrid",
+                );
+            }
         }
     }
-    if algo == Algo::Ease && p.reg <= 0.0 {
+    if algo == Algo::Hybrid && !p.blend.is_some_and(|b| (0.0..=1.0).contains(&b)) {
+        return bad("blend", "must be set and within [0, 1] for hybrid");
+    }
+    if algo.has_item_item() && p.reg <= 0.0 {
         return bad(
             "reg",
             "must be > 0 for ease (lambda; keeps the Gram matrix invertible)",
         );
     }
-    if matches!(algo, Algo::Popularity | Algo::Recent | Algo::Ease) {
+    if matches!(
+        algo,
+        Algo::Popularity | Algo::Recent | Algo::Ease | Algo::Hybrid
+    ) {
         return Ok(());
     }
     if p.factors == 0 || p.factors > MAX_FACTORS {

@@ -25,6 +25,8 @@ pub struct TrainOptions {
     /// Half-life of the recency prior (recent, ease), a duration such as
     /// `14d` (see [`parse_duration_ms`]).
     pub half_life: Option<String>,
+    /// Weight of the recency prior (hybrid), in [0, 1].
+    pub blend: Option<f32>,
     /// Seeds the model and the random split. Default 42.
     pub seed: Option<u64>,
     pub split: SplitKind,
@@ -71,12 +73,26 @@ impl TrainSettings {
         if let Some(h) = &o.half_life {
             if !o.algo.has_recency_prior() {
                 return Err(PipelineError::Invalid(format!(
-                    "--half-life applies to recent and ease, not {}",
+                    "--half-life applies to recent, ease and hybrid, not {}",
                     o.algo
                 )));
             }
             let ms = parse_duration_ms(h)?;
             params.half_life_ms = Some(ms);
+        }
+        if let Some(b) = o.blend {
+            if o.algo != Algo::Hybrid {
+                return Err(PipelineError::Invalid(format!(
+                    "--blend applies to hybrid, not {}",
+                    o.algo
+                )));
+            }
+            if !(0.0..=1.0).contains(&b) {
+                return Err(PipelineError::Invalid(format!(
+                    "--blend {b} must be within 0 and 1 (the recency prior's weight)"
+                )));
+            }
+            params.blend = Some(b);
         }
         params.seed = seed;
         Ok(TrainSettings {

@@ -58,10 +58,11 @@ fn recent_and_ease_train_evaluate_and_reproduce_bit_for_bit() {
     env.ok(&["add", "data/synth", "--kind", "dataset"]);
     env.commit("dataset");
 
-    let runs: [(&str, &[&str]); 3] = [
+    let runs: [(&str, &[&str]); 4] = [
         ("recent", &["--half-life", "10m"]),
         ("ease", &["--lambda", "5"]),
         ("popularity", &[]),
+        ("hybrid", &["--lambda", "5", "--blend", "0.25"]),
     ];
     let mut evals = Vec::new();
     for (n, (algo, extra)) in runs.iter().enumerate() {
@@ -75,6 +76,10 @@ fn recent_and_ease_train_evaluate_and_reproduce_bit_for_bit() {
         match *algo {
             "recent" => {
                 assert_eq!(params["half_life_ms"], 600_000);
+                assert!(head.starts_with(b"RECSYS-MODEL 2 "));
+            }
+            "hybrid" => {
+                assert_eq!(params["blend"], 0.25);
                 assert!(head.starts_with(b"RECSYS-MODEL 2 "));
             }
             "ease" => {
@@ -102,11 +107,13 @@ fn recent_and_ease_train_evaluate_and_reproduce_bit_for_bit() {
     }
     // ease answers cold users with recent popularity (default half-life):
     // exactly the recent baseline there; popularity is its own baseline.
-    let (ease, pop) = (&evals[1], &evals[2]);
-    assert_eq!(
-        ease["by_segment"]["cold"],
-        ease["baselines"]["recent_popularity"]["by_segment"]["cold"]
-    );
+    let (ease, pop, hybrid) = (&evals[1], &evals[2], &evals[3]);
+    for e in [ease, hybrid] {
+        assert_eq!(
+            e["by_segment"]["cold"],
+            e["baselines"]["recent_popularity"]["by_segment"]["cold"]
+        );
+    }
     for k in KEYS {
         assert_eq!(pop[k], pop["baselines"]["popularity"][k], "{k}");
     }
@@ -134,7 +141,13 @@ fn bad_model_flags_are_refused_clearly() {
     let err = train(&["--algo", "recent", "--half-life", "0"]);
     assert!(err.contains("greater than zero"), "{err}");
     let err = train(&["--algo", "als", "--half-life", "7d"]);
-    assert!(err.contains("applies to recent and ease"), "{err}");
+    assert!(err.contains("applies to recent, ease and hybrid"), "{err}");
+    let err = train(&["--algo", "ease", "--blend", "0.5"]);
+    assert!(err.contains("--blend applies to hybrid"), "{err}");
+    for bad in ["1.5", "-0.1", "NaN"] {
+        let err = train(&["--algo", "hybrid", &format!("--blend={bad}")]);
+        assert!(err.contains("--blend"), "{bad}: {err}");
+    }
     let err = train(&["--algo", "ease", "--lambda", "0"]);
     assert!(err.contains("reg") && err.contains("ease"), "{err}");
     let err = train(&["--algo", "itemknn"]);
