@@ -163,7 +163,7 @@ fn main() -> ExitCode {
                 );
                 ok &= rmse <= SVD_RMSE_TARGET;
             }
-            Algo::Als | Algo::Popularity => {
+            _ => {
                 let ratio = m.precision_at_10 / baseline.precision_at_10;
                 println!("  p@10 als / popularity = {ratio:.3} (target >= {ALS_P10_RATIO_TARGET})");
                 ok &= ratio >= ALS_P10_RATIO_TARGET;

@@ -12,6 +12,14 @@ enum AlgoArg {
     Svd,
     /// Most-watched first (the baseline).
     Popularity,
+    /// Time-decayed popularity: a pair counts 2^(-age / --half-life).
+    Recent,
+    /// EASE, closed-form item-item model (λ = --reg, default 300; at most
+    /// 20,000 items); cold users get recent popularity.
+    Ease,
+    /// EASE blended with recent popularity (--blend, default 0.5) for warm
+    /// users; cold users get recent popularity.
+    Hybrid,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -33,7 +41,7 @@ enum SplitArg {
 /// MovieLens 100K.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  recsys train --dataset dataset_1\n  recsys train --dataset dataset_1 --algo svd --split random --seed 7 --json"
+    after_help = "Examples:\n  recsys train --dataset dataset_1\n  recsys train --dataset dataset_1 --algo svd --split random --seed 7 --json\n  recsys train --dataset dataset_1 --algo recent --half-life 7d\n  recsys train --dataset dataset_1 --algo ease --lambda 300"
 )]
 pub struct Args {
     /// The dataset: version name, digest (prefix) or path.
@@ -57,9 +65,17 @@ pub struct Flags {
     /// SGD epochs (svd) or ALS sweeps (als).
     #[arg(long)]
     epochs: Option<u32>,
-    /// L2 regularisation of the factors.
-    #[arg(long)]
+    /// L2 regularisation of the factors (svd, als), or λ (ease, default 300).
+    #[arg(long, visible_alias = "lambda")]
     reg: Option<f32>,
+    /// Half-life of the recency decay (recent, ease) [default: 14d]; units
+    /// ms, s, m, h, d, w.
+    #[arg(long, allow_hyphen_values = true)]
+    half_life: Option<String>,
+    /// Weight of recent popularity against EASE for warm users (hybrid),
+    /// 0 to 1 [default: 0.5].
+    #[arg(long, allow_hyphen_values = true)]
+    blend: Option<f32>,
     /// Seed of the model's initialisation and of the random split [default: 42].
     #[arg(long)]
     seed: Option<u64>,
@@ -79,10 +95,15 @@ impl Flags {
                 AlgoArg::Als => Algo::Als,
                 AlgoArg::Svd => Algo::Svd,
                 AlgoArg::Popularity => Algo::Popularity,
+                AlgoArg::Recent => Algo::Recent,
+                AlgoArg::Ease => Algo::Ease,
+                AlgoArg::Hybrid => Algo::Hybrid,
             },
             factors: a.factors,
             epochs: a.epochs,
             reg: a.reg,
+            half_life: a.half_life.clone(),
+            blend: a.blend,
             seed: a.seed,
             split: match a.split {
                 SplitArg::Time => SplitKind::Time,

@@ -8,7 +8,8 @@
 //! user already had in training are not relevant (they can never be shown).
 //! A user is evaluated when at least one relevant item remains; cold-start
 //! users (absent from training) are included and get the popularity list,
-//! as they would when served.
+//! as they would when served. [`evaluate_segments`] also reports the warm
+//! users (with training events) and the cold ones (without) apart.
 
 use std::collections::BTreeMap;
 
@@ -81,6 +82,23 @@ pub struct Metrics {
     pub users_evaluated: usize,
 }
 
+/// The figures of the two user segments; their `users_evaluated` add up to
+/// the overall count.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Segments {
+    /// Evaluated users with at least one training event.
+    pub warm: Metrics,
+    /// Evaluated users without training events (the model's cold-user list).
+    pub cold: Metrics,
+}
+
+/// Metrics over all evaluated users and by segment.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SegmentedMetrics {
+    pub overall: Metrics,
+    pub by_segment: Segments,
+}
+
 /// Evaluates `model` (trained on `train`) against `test`. See the module
 /// documentation for what counts as relevant.
 pub fn evaluate(
@@ -88,6 +106,15 @@ pub fn evaluate(
     train: &[Interaction],
     test: &[Interaction],
 ) -> Result<Metrics, ModelError> {
+    Ok(evaluate_segments(model, train, test)?.overall)
+}
+
+/// [`evaluate`], overall and for warm and cold users apart.
+pub fn evaluate_segments(
+    model: &Model,
+    train: &[Interaction],
+    test: &[Interaction],
+) -> Result<SegmentedMetrics, ModelError> {
     for (index, ev) in test.iter().enumerate() {
         if ev.item as usize >= model.n_items() {
             return Err(ModelError::ItemOutOfRange {
@@ -97,20 +124,26 @@ pub fn evaluate(
             });
         }
     }
-    let rmse = (model.algo() == Algo::Svd)
-        .then(|| {
-            let (sum, n) = test.iter().filter_map(|e| e.rating.map(|r| (e, r))).fold(
-                (0.0f64, 0usize),
-                |(s, n), (e, r)| {
-                    let d = f64::from(model.predict(e.user, e.item)) - f64::from(r);
-                    (s + d * d, n + 1)
-                },
-            );
-            (n > 0).then(|| (sum / n as f64).sqrt())
-        })
-        .flatten();
-
     let train_items = items_by_user(train);
+    let is_warm = |user: &u32| train_items.contains_key(user);
+    // Squared errors (svd): [all, warm, cold] as (sum, count).
+    let mut sq = [(0.0f64, 0usize); 3];
+    if model.algo() == Algo::Svd {
+        for e in test {
+            if let Some(r) = e.rating {
+                let d = f64::from(model.predict(e.user, e.item)) - f64::from(r);
+                let seg = if is_warm(&e.user) { 1 } else { 2 };
+                for k in [0, seg] {
+                    sq[k].0 += d * d;
+                    sq[k].1 += 1;
+                }
+            }
+        }
+    }
+    let rmse = |k: usize| {
+        (model.algo() == Algo::Svd && sq[k].1 > 0).then(|| (sq[k].0 / sq[k].1 as f64).sqrt())
+    };
+
     let relevant: Vec<(u32, Vec<u32>)> = items_by_user(test)
         .into_iter()
         .filter_map(|(user, items)| {
@@ -146,21 +179,33 @@ pub fn evaluate(
             ]
         })
         .collect();
-    let n = per_user.len();
-    let mut sums = [0.0f64; 4];
-    for row in &per_user {
-        for (s, v) in sums.iter_mut().zip(row) {
-            *s += v;
+    let mean_of = |keep: &dyn Fn(&u32) -> bool, rmse: Option<f64>| {
+        let mut sums = [0.0f64; 4];
+        let mut n = 0usize;
+        for ((user, _), row) in relevant.iter().zip(&per_user) {
+            if keep(user) {
+                n += 1;
+                for (s, v) in sums.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
         }
-    }
-    let mean = |s: f64| if n == 0 { 0.0 } else { s / n as f64 };
-    Ok(Metrics {
-        rmse,
-        precision_at_10: mean(sums[0]),
-        recall_at_20: mean(sums[1]),
-        ndcg_at_20: mean(sums[2]),
-        hit_rate_at_20: mean(sums[3]),
-        users_evaluated: n,
+        let mean = |s: f64| if n == 0 { 0.0 } else { s / n as f64 };
+        Metrics {
+            rmse,
+            precision_at_10: mean(sums[0]),
+            recall_at_20: mean(sums[1]),
+            ndcg_at_20: mean(sums[2]),
+            hit_rate_at_20: mean(sums[3]),
+            users_evaluated: n,
+        }
+    };
+    Ok(SegmentedMetrics {
+        overall: mean_of(&|_| true, rmse(0)),
+        by_segment: Segments {
+            warm: mean_of(&|u| is_warm(u), rmse(1)),
+            cold: mean_of(&|u| !is_warm(u), rmse(2)),
+        },
     })
 }
 

@@ -1,4 +1,4 @@
-//! The model file format, version 1.
+//! The model file format, versions 1 and 2.
 //!
 //! ```text
 //! RECSYS-MODEL 1 <json-bytes>\n     first line: magic, format version, header length
@@ -13,8 +13,11 @@
 //! `user_bias` f32[n_users], `item_bias` f32[n_items] (svd only),
 //! `user_factors` f32[n_users·k], `item_factors` f32[n_items·k],
 //! `item_counts` u32[n_items], `seen_offsets` u64[n_users+1] and
-//! `seen_items` u32[nnz] (CSR of each user's training items). Sections an
-//! algorithm does not use have length 0. Loading checks every length against
+//! `seen_items` u32[nnz] (CSR of each user's training items). Version 2 adds
+//! `item_scores` f32[n_items] (the recency prior of recent and ease) and
+//! `item_item` f32[n_items²] (ease's weights, row-major); algorithms that use
+//! neither are still written as version 1, byte for byte as before. Sections
+//! an algorithm does not use have length 0. Loading checks every length against
 //! the dims, the body checksum, finiteness and CSR consistency, and refuses
 //! trailing bytes.
 
@@ -26,7 +29,8 @@ use super::train::MAX_FACTORS;
 use super::{Algo, Model, ModelError, Params, popularity_order};
 
 pub const MAGIC: &str = "RECSYS-MODEL";
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format this build writes; it reads 1 ..= this.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Refuse headers beyond this size instead of reading without bound.
 const MAX_HEADER_BYTES: u64 = 1 << 30;
@@ -81,7 +85,8 @@ struct Section {
     len: u64,
 }
 
-const SECTIONS: [(&str, &str); 8] = [
+/// Sections of version 2; version 1 has the first [`V1_SECTIONS`].
+const SECTIONS: [(&str, &str); 10] = [
     ("scalars", "f32"),
     ("user_bias", "f32"),
     ("item_bias", "f32"),
@@ -90,12 +95,24 @@ const SECTIONS: [(&str, &str); 8] = [
     ("item_counts", "u32"),
     ("seen_offsets", "u64"),
     ("seen_items", "u32"),
+    ("item_scores", "f32"),
+    ("item_item", "f32"),
 ];
+const V1_SECTIONS: usize = 8;
+/// Index of seen_items, the one section whose length the dims leave free.
+const NNZ_SECTION: usize = 7;
+
+/// The version a model of `algo` is written in.
+fn version_for(algo: Algo) -> u32 {
+    if algo.has_recency_prior() { 2 } else { 1 }
+}
 
 /// Section lengths implied by the dims (seen_items' length is free);
 /// `None` on overflow (only a lying header gets there).
-fn expected_lens(algo: Algo, n_users: u64, n_items: u64, k: u64, nnz: u64) -> Option<[u64; 8]> {
+fn expected_lens(algo: Algo, n_users: u64, n_items: u64, k: u64, nnz: u64) -> Option<[u64; 10]> {
     let svd = u64::from(algo == Algo::Svd);
+    let prior = u64::from(algo.has_recency_prior());
+    let ease = u64::from(algo.has_item_item());
     Some([
         3 * svd,
         n_users * svd,
@@ -105,6 +122,8 @@ fn expected_lens(algo: Algo, n_users: u64, n_items: u64, k: u64, nnz: u64) -> Op
         n_items,
         n_users.checked_add(1)?,
         nnz,
+        n_items * prior,
+        n_items.checked_mul(n_items)? * ease,
     ])
 }
 
@@ -129,6 +148,10 @@ fn body_bytes(model: &Model) -> Vec<u8> {
     for v in &model.seen_items {
         out.extend_from_slice(&v.to_le_bytes());
     }
+    // Version 2 sections last, so a version 1 body is unchanged.
+    for v in model.item_scores.iter().chain(&model.item_item) {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
     out
 }
 
@@ -142,8 +165,15 @@ fn sections_of(model: &Model) -> Vec<Section> {
         model.item_counts.len(),
         model.seen_offsets.len(),
         model.seen_items.len(),
+        model.item_scores.len(),
+        model.item_item.len(),
     ];
-    SECTIONS
+    let n = if version_for(model.algo) == 1 {
+        V1_SECTIONS
+    } else {
+        SECTIONS.len()
+    };
+    SECTIONS[..n]
         .iter()
         .zip(lens)
         .map(|(&(name, dtype), len)| Section {
@@ -159,9 +189,10 @@ fn sections_of(model: &Model) -> Vec<Section> {
 pub fn save(model: &Model, header: &Header, mut writer: impl Write) -> Result<(), ModelError> {
     check_names(model, header)?;
     let body = body_bytes(model);
+    let version = version_for(model.algo);
     let file_header = FileHeader {
         magic: MAGIC.to_owned(),
-        format_version: FORMAT_VERSION,
+        format_version: version,
         algorithm: model.algo,
         params: model.params.clone(),
         n_users: model.user_ids.len() as u64,
@@ -183,7 +214,7 @@ pub fn save(model: &Model, header: &Header, mut writer: impl Write) -> Result<()
     let json = serde_json::to_vec(&file_header).map_err(|e| ModelError::InvalidHeader {
         reason: e.to_string(),
     })?;
-    writeln!(writer, "{MAGIC} {FORMAT_VERSION} {}", json.len())?;
+    writeln!(writer, "{MAGIC} {version} {}", json.len())?;
     writer.write_all(&json)?;
     writer.write_all(b"\n")?;
     writer.write_all(&body)?;
@@ -227,12 +258,15 @@ pub fn load(reader: impl Read) -> Result<(Header, Model), ModelError> {
             found: magic.chars().take(16).collect(),
         });
     }
-    let version = words.next().unwrap_or_default();
-    if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
-        return Err(ModelError::UnsupportedVersion {
-            found: version.chars().take(16).collect(),
-        });
-    }
+    let version_word = words.next().unwrap_or_default();
+    let version = match version_word.parse::<u32>() {
+        Ok(v) if (1..=FORMAT_VERSION).contains(&v) => v,
+        _ => {
+            return Err(ModelError::UnsupportedVersion {
+                found: version_word.chars().take(16).collect(),
+            });
+        }
+    };
     let json_len = match (words.next().map(str::parse::<u64>), words.next()) {
         (Some(Ok(n)), None) if n <= MAX_HEADER_BYTES => n,
         _ => {
@@ -252,7 +286,7 @@ pub fn load(reader: impl Read) -> Result<(Header, Model), ModelError> {
         serde_json::from_slice(&json[..json.len() - 1]).map_err(|e| ModelError::InvalidHeader {
             reason: e.to_string(),
         })?;
-    if fh.magic != MAGIC || fh.format_version != FORMAT_VERSION {
+    if fh.magic != MAGIC || fh.format_version != version {
         return Err(ModelError::InvalidHeader {
             reason: "magic or version in the JSON header disagree with the first line".to_owned(),
         });
@@ -303,14 +337,26 @@ fn mismatch(what: impl Into<String>, expected: u64, found: u64) -> ModelError {
 
 fn check_dims(fh: &FileHeader) -> Result<(), ModelError> {
     let (n_users, n_items, k) = (fh.n_users, fh.n_items, fh.factors);
-    let want_k = match fh.algorithm {
-        Algo::Popularity => 0,
-        Algo::Svd | Algo::Als => u64::from(fh.params.factors),
+    let factored = matches!(fh.algorithm, Algo::Svd | Algo::Als);
+    let want_k = if factored {
+        u64::from(fh.params.factors)
+    } else {
+        0
     };
     if k != want_k {
         return Err(mismatch("factors", want_k, k));
     }
-    if fh.algorithm != Algo::Popularity && !(1..=u64::from(MAX_FACTORS)).contains(&k) {
+    if version_for(fh.algorithm) != fh.format_version {
+        return Err(ModelError::InvalidHeader {
+            reason: format!(
+                "a {} model is written in format {}, not {}",
+                fh.algorithm,
+                version_for(fh.algorithm),
+                fh.format_version
+            ),
+        });
+    }
+    if factored && !(1..=u64::from(MAX_FACTORS)).contains(&k) {
         return Err(ModelError::InvalidHeader {
             reason: format!("{} model with {k} factors", fh.algorithm),
         });
@@ -321,14 +367,19 @@ fn check_dims(fh: &FileHeader) -> Result<(), ModelError> {
     if fh.item_names.len() as u64 != n_items {
         return Err(mismatch("item names", n_items, fh.item_names.len() as u64));
     }
-    if fh.body.sections.len() != SECTIONS.len() {
+    let n_sections = if fh.format_version == 1 {
+        V1_SECTIONS
+    } else {
+        SECTIONS.len()
+    };
+    if fh.body.sections.len() != n_sections {
         return Err(mismatch(
             "section count",
-            SECTIONS.len() as u64,
+            n_sections as u64,
             fh.body.sections.len() as u64,
         ));
     }
-    let nnz = fh.body.sections[SECTIONS.len() - 1].len;
+    let nnz = fh.body.sections[NNZ_SECTION].len;
     let lens = expected_lens(fh.algorithm, n_users, n_items, k, nnz)
         .ok_or_else(|| mismatch("factor matrix size", u64::MAX, k))?;
     let mut bytes = 0u64;
@@ -357,31 +408,38 @@ fn check_dims(fh: &FileHeader) -> Result<(), ModelError> {
 }
 
 fn decode(fh: FileHeader, body: &[u8]) -> Result<(Header, Model), ModelError> {
+    // Lengths were validated against the body size in check_dims.
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(SECTIONS.len());
     let mut rest = body;
-    let mut lens = fh.body.sections.iter().map(|s| s.len as usize);
-    let mut next_len = || lens.next().unwrap_or(0);
-    let mut f32s = |section: &'static str, len: usize| -> Result<Vec<f32>, ModelError> {
-        let (bytes, tail) = rest.split_at(len * 4);
+    for (sec, &(_, dtype)) in fh.body.sections.iter().zip(&SECTIONS) {
+        let width = if dtype == "u64" { 8 } else { 4 };
+        let (bytes, tail) = rest.split_at(sec.len as usize * width);
+        parts.push(bytes);
         rest = tail;
-        let v: Vec<f32> = bytes
+    }
+    debug_assert!(rest.is_empty());
+    parts.resize(SECTIONS.len(), &[]);
+    let f32s = |index: usize| -> Result<Vec<f32>, ModelError> {
+        let v: Vec<f32> = parts[index]
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         match v.iter().position(|x| !x.is_finite()) {
-            Some(index) => Err(ModelError::NonFinite { section, index }),
+            Some(at) => Err(ModelError::NonFinite {
+                section: SECTIONS[index].0,
+                index: at,
+            }),
             None => Ok(v),
         }
     };
-    // Lengths were validated against the body size in check_dims.
-    let scalars = f32s("scalars", next_len())?;
-    let user_bias = f32s("user_bias", next_len())?;
-    let item_bias = f32s("item_bias", next_len())?;
-    let user_factors = f32s("user_factors", next_len())?;
-    let item_factors = f32s("item_factors", next_len())?;
-    let (counts_len, offsets_len, items_len) = (next_len(), next_len(), next_len());
-    let (counts, tail) = rest.split_at(counts_len * 4);
-    let (offsets, items) = tail.split_at(offsets_len * 8);
-    debug_assert_eq!(items.len(), items_len * 4);
+    let scalars = f32s(0)?;
+    let user_bias = f32s(1)?;
+    let item_bias = f32s(2)?;
+    let user_factors = f32s(3)?;
+    let item_factors = f32s(4)?;
+    let (counts, offsets, items) = (parts[5], parts[6], parts[7]);
+    let item_scores = f32s(8)?;
+    let item_item = f32s(9)?;
     let u32s = |b: &[u8]| -> Vec<u32> {
         b.chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -454,8 +512,10 @@ fn decode(fh: FileHeader, body: &[u8]) -> Result<(Header, Model), ModelError> {
         item_bias,
         user_factors,
         item_factors,
-        popular: popularity_order(&item_counts),
+        popular: popularity_order(&item_counts, &item_scores),
         item_counts,
+        item_scores,
+        item_item,
         seen_offsets,
         seen_items,
     };
@@ -540,7 +600,8 @@ mod tests {
             let h = header(30);
             let mut buf = Vec::new();
             save(&m, &h, &mut buf).expect("save");
-            assert!(buf.starts_with(b"RECSYS-MODEL 1 "));
+            let v = if algo.has_recency_prior() { 2 } else { 1 };
+            assert!(buf.starts_with(format!("RECSYS-MODEL {v} ").as_bytes()));
             let (h2, m2) = load(&buf[..]).expect("load");
             assert_eq!(h2, h);
             assert_eq!(m2, m);
@@ -616,12 +677,22 @@ mod tests {
             Err(ModelError::BadMagic { .. })
         ));
 
+        let mut v3 = file.clone();
+        v3[13] = b'3';
+        assert!(matches!(
+            load(&v3[..]),
+            Err(ModelError::UnsupportedVersion { found }) if found == "3"
+        ));
+        // An svd model is a version 1 file; claiming 2 is refused.
         let mut v2 = file.clone();
         v2[13] = b'2';
         assert!(matches!(
             load(&v2[..]),
-            Err(ModelError::UnsupportedVersion { found }) if found == "2"
+            Err(ModelError::InvalidHeader { .. })
         ));
+        // recent and ease are version 2 files.
+        assert!(saved(Algo::Ease).starts_with(b"RECSYS-MODEL 2 "));
+        assert!(saved(Algo::Recent).starts_with(b"RECSYS-MODEL 2 "));
 
         let mut trailing = file.clone();
         trailing.push(0);

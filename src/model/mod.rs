@@ -1,5 +1,6 @@
 //! Recommendation models: training (biased SVD by SGD, implicit-feedback ALS,
-//! popularity), offline evaluation, and the versioned model file format.
+//! popularity, time-decayed popularity, EASE), offline evaluation, and the
+//! versioned model file format.
 //!
 //! This module owns the numeric core only. It never opens paths, reads the
 //! environment or prints: callers pass interaction slices, readers/writers and
@@ -9,12 +10,16 @@
 //! algorithm, parameters). SVD is single-threaded SGD whose visiting order comes
 //! from a seeded xoshiro256** generator; ALS solves each user/item row
 //! independently (rayon), so its result is bit-identical for any thread count.
+//! EASE's item-item solve computes every matrix entry with one fixed-order
+//! dot product, so it too is bit-identical for any thread count; the recency
+//! decay uses its own `exp2` (`train::exp2_neg`), not libm's.
 //! Floating-point reductions use a fixed association order and no
 //! transcendental functions, so results do not depend on libm either.
 //!
 //! Ids: users are arbitrary `u32` ids; items are dense indices `0..n_items`
 //! into the item-name list the caller keeps (and stores in the model file).
 
+mod ease;
 mod eval;
 mod format;
 mod train;
@@ -26,9 +31,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use eval::{Metrics, SplitKind, evaluate, evaluate_baseline, split};
+pub use ease::MAX_EASE_ITEMS;
+pub use eval::{
+    Metrics, SegmentedMetrics, Segments, SplitKind, evaluate, evaluate_baseline, evaluate_segments,
+    split,
+};
 pub use format::{FORMAT_VERSION, Header, MAGIC, content_digest, load, save};
-pub use train::train;
+pub use train::{DEFAULT_HALF_LIFE_MS, train};
 
 /// One event: a watch (`rating: None`) or an explicit rating.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,7 +59,7 @@ pub enum ModelError {
     Io(#[from] std::io::Error),
     #[error("not a recsys model file (magic {found:?} instead of {MAGIC:?})")]
     BadMagic { found: String },
-    #[error("unsupported model format version {found} (this build reads {FORMAT_VERSION})")]
+    #[error("unsupported model format version {found} (this build reads 1 to {FORMAT_VERSION})")]
     UnsupportedVersion { found: String },
     #[error("model file truncated in the {part}")]
     Truncated { part: &'static str },
@@ -87,6 +96,16 @@ pub enum ModelError {
     EmptyTraining { algo: Algo, what: &'static str },
     #[error("ALS normal equations for {side} row {row} are not positive definite")]
     NotPositiveDefinite { side: &'static str, row: usize },
+    #[error(
+        "{algo} refuses {n_items} items (limit {limit}): its dense item-item matrix needs \
+         {gib:.1} GiB and its solve grows with items^3; use als, recent or popularity"
+    )]
+    TooManyItems {
+        algo: Algo,
+        n_items: usize,
+        limit: usize,
+        gib: f64,
+    },
 }
 
 /// Training algorithm.
@@ -99,17 +118,48 @@ pub enum Algo {
     Als,
     /// Items ranked by the number of distinct users who interacted with them.
     Popularity,
+    /// Time-decayed popularity: each (user, item) pair counts 2^(-age / half_life),
+    /// age measured from the last training event.
+    Recent,
+    /// EASE (Steck 2019): closed-form item-item regression; cold users get
+    /// the time-decayed popularity list.
+    Ease,
+    /// EASE for warm users blended with the recency prior (each scaled to a
+    /// maximum of 1; weight `blend` on the prior); cold users get the
+    /// time-decayed popularity list.
+    Hybrid,
 }
 
 impl Algo {
-    pub(crate) const ALL: [Algo; 3] = [Algo::Svd, Algo::Als, Algo::Popularity];
+    pub(crate) const ALL: [Algo; 6] = [
+        Algo::Svd,
+        Algo::Als,
+        Algo::Popularity,
+        Algo::Recent,
+        Algo::Ease,
+        Algo::Hybrid,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Algo::Svd => "svd",
             Algo::Als => "als",
             Algo::Popularity => "popularity",
+            Algo::Recent => "recent",
+            Algo::Ease => "ease",
+            Algo::Hybrid => "hybrid",
         }
+    }
+
+    /// Whether the model carries a recency prior (`item_scores`) that
+    /// orders its cold-user list.
+    pub(crate) fn has_recency_prior(self) -> bool {
+        matches!(self, Algo::Recent | Algo::Ease | Algo::Hybrid)
+    }
+
+    /// Whether the model carries EASE's item-item weights.
+    pub(crate) fn has_item_item(self) -> bool {
+        matches!(self, Algo::Ease | Algo::Hybrid)
     }
 }
 
@@ -127,7 +177,10 @@ impl FromStr for Algo {
             .find(|a| a.name() == s)
             .ok_or_else(|| ModelError::InvalidParam {
                 name: "algorithm",
-                reason: format!("unknown algorithm {s:?} (expected svd, als or popularity)"),
+                reason: format!(
+                    "unknown algorithm {s:?} \
+                     (expected svd, als, popularity, recent, ease or hybrid)"
+                ),
             })
     }
 }
@@ -154,6 +207,15 @@ pub struct Params {
     pub init_std: f32,
     /// Seed of the initialisation and of the SGD visiting order.
     pub seed: u64,
+    /// Half-life of the recency decay, in the unit of [`Interaction::time`]
+    /// (milliseconds for datasets) (recent, ease). Absent for the others, so
+    /// their recorded parameters and digests are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_life_ms: Option<u64>,
+    /// Weight of the recency prior against EASE's scores, in [0, 1]
+    /// (hybrid). Absent for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blend: Option<f32>,
 }
 
 impl Params {
@@ -169,6 +231,8 @@ impl Params {
                 alpha: 0.0,
                 init_std: 0.1,
                 seed: 42,
+                half_life_ms: None,
+                blend: None,
             },
             Algo::Als => Params {
                 factors: 32,
@@ -179,6 +243,8 @@ impl Params {
                 alpha: 2.0,
                 init_std: 0.01,
                 seed: 42,
+                half_life_ms: None,
+                blend: None,
             },
             Algo::Popularity => Params {
                 factors: 0,
@@ -189,6 +255,23 @@ impl Params {
                 alpha: 0.0,
                 init_std: 0.0,
                 seed: 0,
+                half_life_ms: None,
+                blend: None,
+            },
+            Algo::Recent => Params {
+                half_life_ms: Some(DEFAULT_HALF_LIFE_MS),
+                ..Params::default_for(Algo::Popularity)
+            },
+            // λ = 300: Steck's MovieLens setting, and the issue's measurement.
+            Algo::Ease => Params {
+                reg: 300.0,
+                half_life_ms: Some(DEFAULT_HALF_LIFE_MS),
+                ..Params::default_for(Algo::Popularity)
+            },
+            // Equal weight: neither part is preferred a priori.
+            Algo::Hybrid => Params {
+                blend: Some(0.5),
+                ..Params::default_for(Algo::Ease)
             },
         }
     }
@@ -217,7 +300,15 @@ pub struct Model {
     pub(crate) seen_offsets: Vec<u64>,
     /// Per user, strictly increasing item indices.
     pub(crate) seen_items: Vec<u32>,
-    /// Derived from `item_counts`: count descending, item index ascending.
+    /// Recency prior per item (recent, ease): sum of decayed pair weights;
+    /// empty otherwise.
+    pub(crate) item_scores: Vec<f32>,
+    /// EASE weights B, row-major n_items × n_items (zero diagonal); empty
+    /// otherwise.
+    pub(crate) item_item: Vec<f32>,
+    /// The cold-user list: derived from `item_scores` when present (score
+    /// descending), else from `item_counts`; ties by count descending, then
+    /// item index ascending.
     pub(crate) popular: Vec<u32>,
 }
 
@@ -253,7 +344,8 @@ impl Model {
         self.user_index(user).map_or(&[], |u| self.seen_row(u))
     }
 
-    /// The `n` most popular items of the training data, most popular first.
+    /// The `n` most popular items of the training data, most popular first
+    /// (time-decayed for models with a recency prior): what unknown users get.
     pub(crate) fn popular(&self, n: usize) -> &[u32] {
         &self.popular[..n.min(self.popular.len())]
     }
@@ -289,6 +381,11 @@ impl Model {
                 _ => 0.0,
             },
             Algo::Popularity => i.map_or(0.0, |i| self.item_counts[i] as f32),
+            Algo::Recent => i.map_or(0.0, |i| self.item_scores[i]),
+            Algo::Ease | Algo::Hybrid => match (u, i) {
+                (Some(u), Some(i)) => self.item_item_scores(u)[i],
+                _ => i.map_or(0.0, |i| self.item_scores[i]),
+            },
         }
     }
 
@@ -302,48 +399,78 @@ impl Model {
         };
         let seen = if exclude_seen { self.seen_row(u) } else { &[] };
         match self.algo {
-            Algo::Popularity => self
+            Algo::Popularity | Algo::Recent => self
                 .popular
                 .iter()
                 .copied()
                 .filter(|i| seen.binary_search(i).is_err())
                 .take(n)
                 .collect(),
-            Algo::Svd | Algo::Als => self.top_scored(u, n, seen),
+            Algo::Svd | Algo::Als => {
+                let pu = self.user_row(u);
+                let scores = self.item_factors.chunks_exact(self.k).enumerate();
+                let scores = scores
+                    .map(|(i, qi)| dot(pu, qi) + self.item_bias.get(i).copied().unwrap_or(0.0));
+                top_n(scores, n, seen)
+            }
+            Algo::Ease | Algo::Hybrid => top_n(self.item_item_scores(u).into_iter(), n, seen),
         }
     }
 
-    fn top_scored(&self, u: usize, n: usize, seen: &[u32]) -> Vec<u32> {
-        if n == 0 {
-            return Vec::new();
-        }
-        let pu = self.user_row(u);
-        // Min-heap of the best n so far: its top is the worst kept candidate.
-        let mut heap: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(n + 1);
-        let mut seen = seen.iter().copied().peekable();
-        for (i, qi) in self.item_factors.chunks_exact(self.k).enumerate() {
-            let item = i as u32;
-            if seen.next_if_eq(&item).is_some() {
-                continue;
-            }
-            let mut score = dot(pu, qi);
-            if let Some(b) = self.item_bias.get(i) {
-                score += b;
-            }
-            let cand = Scored { score, item };
-            if heap.len() < n {
-                heap.push(Reverse(cand));
-            } else if let Some(mut worst) = heap.peek_mut()
-                && cand > worst.0
-            {
-                *worst = Reverse(cand);
+    /// Scores of every item for known user `u`: EASE's (the sum of the B
+    /// rows of the user's training items, in row order), for hybrid blended
+    /// with the recency prior, each divided by its maximum.
+    fn item_item_scores(&self, u: usize) -> Vec<f32> {
+        let mut acc = vec![0.0f32; self.n_items];
+        for &s in self.seen_row(u) {
+            let row = &self.item_item[s as usize * self.n_items..][..self.n_items];
+            for (a, b) in acc.iter_mut().zip(row) {
+                *a += b;
             }
         }
-        let mut best: Vec<Scored> = heap.into_iter().map(|Reverse(s)| s).collect();
-        best.sort_unstable_by(|a, b| b.cmp(a));
-        best.into_iter().map(|s| s.item).collect()
+        if self.algo == Algo::Hybrid {
+            let w = self.params.blend.unwrap_or(0.0);
+            let max = |v: &[f32]| v.iter().copied().fold(0.0f32, f32::max);
+            let (em, pm) = (max(&acc), max(&self.item_scores));
+            let e_scale = if em > 0.0 { (1.0 - w) / em } else { 0.0 };
+            let p_scale = if pm > 0.0 { w / pm } else { 0.0 };
+            for (a, p) in acc.iter_mut().zip(&self.item_scores) {
+                *a = *a * e_scale + p * p_scale;
+            }
+        }
+        acc
     }
+}
 
+/// The `n` best (score, item) of `scores` (item = position), skipping the
+/// sorted `seen` items; best first, ties towards the lower item index.
+fn top_n(scores: impl Iterator<Item = f32>, n: usize, seen: &[u32]) -> Vec<u32> {
+    if n == 0 {
+        return Vec::new();
+    }
+    // Min-heap of the best n so far: its top is the worst kept candidate.
+    let mut heap: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(n + 1);
+    let mut seen = seen.iter().copied().peekable();
+    for (i, score) in scores.enumerate() {
+        let item = i as u32;
+        if seen.next_if_eq(&item).is_some() {
+            continue;
+        }
+        let cand = Scored { score, item };
+        if heap.len() < n {
+            heap.push(Reverse(cand));
+        } else if let Some(mut worst) = heap.peek_mut()
+            && cand > worst.0
+        {
+            *worst = Reverse(cand);
+        }
+    }
+    let mut best: Vec<Scored> = heap.into_iter().map(|Reverse(s)| s).collect();
+    best.sort_unstable_by(|a, b| b.cmp(a));
+    best.into_iter().map(|s| s.item).collect()
+}
+
+impl Model {
     pub(crate) fn user_index(&self, user: u32) -> Option<usize> {
         self.user_ids.binary_search(&user).ok()
     }
@@ -364,10 +491,20 @@ impl Model {
     }
 }
 
-/// Items ordered by count descending, then index ascending.
-pub(crate) fn popularity_order(counts: &[u32]) -> Vec<u32> {
+/// Items ordered by prior score descending (when `scores` is not empty),
+/// then count descending, then index ascending.
+pub(crate) fn popularity_order(counts: &[u32], scores: &[f32]) -> Vec<u32> {
     let mut order: Vec<u32> = (0..counts.len() as u32).collect();
-    order.sort_by_key(|&i| (Reverse(counts[i as usize]), i));
+    order.sort_by(|&a, &b| {
+        let (a, b) = (a as usize, b as usize);
+        let by_score = match (scores.get(a), scores.get(b)) {
+            (Some(x), Some(y)) => y.total_cmp(x),
+            _ => Ordering::Equal,
+        };
+        by_score
+            .then_with(|| counts[b].cmp(&counts[a]))
+            .then_with(|| a.cmp(&b))
+    });
     order
 }
 

@@ -63,6 +63,8 @@ pub fn run_chain(
         // Fail before consuming anything, not after an hour of work.
         check_promotable(config)?;
     }
+    // Bad training flags fail before anything is ingested, too.
+    super::train::TrainSettings::from_options(&o.train, 1)?;
     let ingested = ingest::run(ws, &o.ingest, progress)?;
     on_step(Step::Ingested(&ingested));
     let trained = train(

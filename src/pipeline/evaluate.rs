@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::train::TrainSettings;
 use super::{PipelineError, Result, artifact_ref, find, find_by_digest, load_model};
 use crate::lineage::ArtifactRow;
-use crate::model::{self, Interaction, Metrics, Model};
+use crate::model::{self, Algo, Interaction, Metrics, Model, Params, Segments};
 use crate::progress::Progress;
 use crate::store::Digest;
 use crate::workspace::{Kind, RunSpec, Workspace, WorkspaceError};
@@ -30,8 +30,33 @@ pub enum Mode {
     Forward,
 }
 
-/// The figures `evaluate --json` prints: the model's own at the top level,
-/// the baseline's under `baseline`.
+/// A baseline scored on the same users as the model, overall (flattened)
+/// and by segment.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineReport {
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    /// The decay of `recent_popularity`; absent for all-time popularity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_life_ms: Option<u64>,
+    pub by_segment: Segments,
+}
+
+/// The baselines every model is compared with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baselines {
+    /// Distinct users per item over the whole training part.
+    pub popularity: BaselineReport,
+    /// `--algo recent` with its default half-life (14 days) on the same
+    /// training part. `null` in a forward test when the model's training
+    /// events (and so their times) cannot be recovered.
+    pub recent_popularity: Option<BaselineReport>,
+}
+
+/// The figures `evaluate --json` prints: the model's own at the top level
+/// and by segment (`warm`: users with training events, `cold`: without),
+/// the popularity baseline's under `baseline` (as before) and both
+/// baselines with their segments under `baselines`.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub model: String,
@@ -48,7 +73,59 @@ pub struct EvalReport {
     /// Forward test: events on movies the model never saw (left out).
     pub unknown_movies_skipped: usize,
     pub baseline: Metrics,
+    pub by_segment: Segments,
+    pub baselines: Baselines,
     pub run: Option<Digest>,
+}
+
+fn baseline(
+    algo: Algo,
+    train_part: &[Interaction],
+    test: &[Interaction],
+    n_items: usize,
+) -> std::result::Result<BaselineReport, model::ModelError> {
+    let params = Params::default_for(algo);
+    let m = model::train(train_part, n_items, algo, &params)?;
+    let s = model::evaluate_segments(&m, train_part, test)?;
+    Ok(BaselineReport {
+        metrics: s.overall,
+        half_life_ms: params.half_life_ms,
+        by_segment: s.by_segment,
+    })
+}
+
+/// The training part of the model's train run, re-split from its training
+/// dataset with the recorded settings; `None` when the run, its settings or
+/// the dataset are not here, or the dataset's items differ from the model's.
+fn training_part(
+    ws: &Workspace,
+    model_art: &ArtifactRow,
+    item_names: &[String],
+    train_dataset: Option<Digest>,
+) -> Result<Option<(Vec<Interaction>, Vec<Interaction>)>> {
+    let Some(d) = train_dataset else {
+        return Ok(None);
+    };
+    let Some(ds_art) = find_by_digest(ws, &d)? else {
+        return Ok(None);
+    };
+    let run = ws
+        .lineage
+        .run(&model_art.run)
+        .map_err(WorkspaceError::from)?;
+    let Some(settings) = run
+        .filter(|r| r.kind == "train")
+        .and_then(|r| serde_json::from_value::<TrainSettings>(r.params).ok())
+    else {
+        return Ok(None);
+    };
+    let ds = ws.load_dataset(&ds_art)?;
+    let (data, names) = ds.interactions()?;
+    if names != item_names {
+        return Ok(None);
+    }
+    let (tr, te) = settings.split(&data)?;
+    Ok(Some((tr, te)))
 }
 
 /// Training interactions a model remembers: one per (user, seen item).
@@ -102,30 +179,24 @@ pub fn evaluate(
         error: source,
     };
 
-    let (mode, train_part, test, skipped) = if train_dataset == Some(ds_art.digest) {
-        let run = ws
-            .lineage
-            .run(&model_art.run)
-            .map_err(WorkspaceError::from)?;
-        let settings: TrainSettings = run
-            .filter(|r| r.kind == "train")
-            .and_then(|r| serde_json::from_value(r.params).ok())
-            .ok_or_else(|| {
-                PipelineError::Invalid(format!(
+    let (mode, train_part, test, skipped, timed) = if train_dataset == Some(ds_art.digest) {
+        let Some((tr, te)) = training_part(ws, &model_art, &header.item_names, train_dataset)?
+        else {
+            let (_, names) = ds.interactions()?;
+            return Err(PipelineError::Invalid(if names != header.item_names {
+                format!(
+                    "{}'s items differ from those of its training dataset {}",
+                    model_art.name, ds_art.name
+                )
+            } else {
+                format!(
                     "{} was not made by `recsys train`, so its held-out part is unknown; \
                      pass --dataset with a later dataset for a forward test",
                     model_art.name
-                ))
-            })?;
-        let (data, names) = ds.interactions()?;
-        if names != header.item_names {
-            return Err(PipelineError::Invalid(format!(
-                "{}'s items differ from those of its training dataset {}",
-                model_art.name, ds_art.name
-            )));
-        }
-        let (tr, te) = settings.split(&data)?;
-        (Mode::Holdout, tr, te, 0)
+                )
+            }));
+        };
+        (Mode::Holdout, tr, te, 0, true)
     } else {
         let index: HashMap<&str, u32> = header
             .item_names
@@ -145,11 +216,23 @@ pub fn evaluate(
                 None => skipped += 1,
             }
         }
-        (Mode::Forward, remembered(&model), test, skipped)
+        // The real training events (with their times) when they are here;
+        // else what the model remembers (no times: no recency baseline).
+        match training_part(ws, &model_art, &header.item_names, train_dataset)? {
+            Some((tr, _)) => (Mode::Forward, tr, test, skipped, true),
+            None => (Mode::Forward, remembered(&model), test, skipped, false),
+        }
     };
 
-    let m = model::evaluate(&model, &train_part, &test).map_err(err)?;
-    let baseline = model::evaluate_baseline(&train_part, &test, model.n_items()).map_err(err)?;
+    let seg = model::evaluate_segments(&model, &train_part, &test).map_err(err)?;
+    let m = seg.overall;
+    let n_items = model.n_items();
+    let popularity = baseline(Algo::Popularity, &train_part, &test, n_items).map_err(err)?;
+    let recent_popularity = if timed {
+        Some(baseline(Algo::Recent, &train_part, &test, n_items).map_err(err)?)
+    } else {
+        None
+    };
 
     let mut report = EvalReport {
         model: model_art.name.clone(),
@@ -164,7 +247,12 @@ pub fn evaluate(
         users_evaluated: m.users_evaluated,
         test_interactions: test.len(),
         unknown_movies_skipped: skipped,
-        baseline,
+        baseline: popularity.metrics,
+        by_segment: seg.by_segment,
+        baselines: Baselines {
+            popularity,
+            recent_popularity,
+        },
         run: None,
     };
     let mut spec = RunSpec::new("evaluate", started);

@@ -23,7 +23,8 @@ pub use import::{ImportReport, import_movielens};
 pub use promote::{Promotion, check_promotable, promote_if_better};
 pub use reproduce::{ReproduceReport, reproduce};
 pub use train::{
-    DEFAULT_SEED, DEFAULT_TEST_FRACTION, TrainOptions, TrainReport, TrainSettings, train,
+    DEFAULT_SEED, DEFAULT_TEST_FRACTION, TrainOptions, TrainReport, TrainSettings,
+    parse_duration_ms, train,
 };
 
 use crate::dataset::DatasetError;

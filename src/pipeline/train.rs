@@ -20,7 +20,13 @@ pub struct TrainOptions {
     pub algo: Algo,
     pub factors: Option<u32>,
     pub epochs: Option<u32>,
+    /// L2 regularisation (svd, als) or λ (ease).
     pub reg: Option<f32>,
+    /// Half-life of the recency prior (recent, ease), a duration such as
+    /// `14d` (see [`parse_duration_ms`]).
+    pub half_life: Option<String>,
+    /// Weight of the recency prior (hybrid), in [0, 1].
+    pub blend: Option<f32>,
     /// Seeds the model and the random split. Default 42.
     pub seed: Option<u64>,
     pub split: SplitKind,
@@ -64,6 +70,30 @@ impl TrainSettings {
         if let Some(r) = o.reg {
             params.reg = r;
         }
+        if let Some(h) = &o.half_life {
+            if !o.algo.has_recency_prior() {
+                return Err(PipelineError::Invalid(format!(
+                    "--half-life applies to recent, ease and hybrid, not {}",
+                    o.algo
+                )));
+            }
+            let ms = parse_duration_ms(h)?;
+            params.half_life_ms = Some(ms);
+        }
+        if let Some(b) = o.blend {
+            if o.algo != Algo::Hybrid {
+                return Err(PipelineError::Invalid(format!(
+                    "--blend applies to hybrid, not {}",
+                    o.algo
+                )));
+            }
+            if !(0.0..=1.0).contains(&b) {
+                return Err(PipelineError::Invalid(format!(
+                    "--blend {b} must be within 0 and 1 (the recency prior's weight)"
+                )));
+            }
+            params.blend = Some(b);
+        }
         params.seed = seed;
         Ok(TrainSettings {
             algorithm: o.algo,
@@ -84,6 +114,39 @@ impl TrainSettings {
             }
         })
     }
+}
+
+/// Parses a positive duration `<integer><unit>`, unit `ms`, `s`, `m`, `h`,
+/// `d` or `w` (e.g. `14d`, `36h`), into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let bad = |why: &str| {
+        PipelineError::Invalid(format!(
+            "half-life {:?} {why} (expected a positive duration such as 14d, 36h or 90m)",
+            crate::text::clip(text)
+        ))
+    };
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '-' && c != '+');
+    let (num, unit) = t.split_at(split.unwrap_or(t.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| bad("is not a number with a unit"))?;
+    if n <= 0 {
+        return Err(bad("must be greater than zero"));
+    }
+    let scale: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 604_800_000,
+        "" => return Err(bad("has no unit")),
+        _ => return Err(bad("has an unknown unit")),
+    };
+    (n as u64)
+        .checked_mul(scale)
+        .ok_or_else(|| bad("is too long"))
 }
 
 /// A fitted model and the split it was fitted on.

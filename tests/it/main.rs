@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod erasure;
 mod ingest;
+mod models;
 mod monitor;
 mod movielens;
 mod pipeline;
