@@ -241,45 +241,9 @@ fn show_unlogged(u: &crate::serve::unlogged::UnloggedAnswer, json: bool) -> anyh
         outln!("  items:      unknown")?;
     }
     if let Some(s) = &u.served {
-        outln!("  model:      {} {}", s.model, s.model_digest)?;
-        if let Some(m) = &u.model
-            && let Some(run) = &m.run
-        {
-            outln!(
-                "  trained by: {} run {} at commit {}{} (recsys {} build {})",
-                run.kind,
-                run.id.short(),
-                short(&run.git_commit),
-                if run.dirty { " (dirty work tree)" } else { "" },
-                run.recsys_version,
-                &run.build_commit[..run.build_commit.len().min(12)]
-            )?;
-            if let Some(alg) = &run.algorithm {
-                outln!("  algorithm:  {alg} {}", run.params)?;
-            }
-        }
-        if s.dataset.is_empty() {
-            outln!("  dataset:    -")?;
-        } else {
-            outln!("  dataset:    {} {}", s.dataset, s.dataset_digest)?;
-        }
-        if let Some(d) = &u.dataset
-            && let Some(run) = &d.run
-        {
-            outln!(
-                "  data from:  {} run {} {}",
-                run.kind,
-                run.id.short(),
-                run.source
-            )?;
-        }
+        show_served(s, u.model.as_ref(), u.dataset.as_ref())?;
     }
-    for c in &u.restore {
-        outln!("  restore:    {c}")?;
-    }
-    for n in &u.notes {
-        outln!("  note:       {n}")?;
-    }
+    show_tail(&u.restore, &u.notes)?;
     Ok(())
 }
 
@@ -308,44 +272,57 @@ fn show_requests(found: &[crate::workspace::RequestLineage], json: bool) -> anyh
             &s.config_digest[..s.config_digest.len().min(12)]
         )?;
         outln!("  items:      {}", r.items.join(","))?;
-        outln!("  model:      {} {}", s.model, s.model_digest)?;
-        if let Some(m) = &l.model
-            && let Some(run) = &m.run
-        {
-            outln!(
-                "  trained by: {} run {} at commit {}{} (recsys {} build {})",
-                run.kind,
-                run.id.short(),
-                short(&run.git_commit),
-                if run.dirty { " (dirty work tree)" } else { "" },
-                run.recsys_version,
-                &run.build_commit[..run.build_commit.len().min(12)]
-            )?;
-            if let Some(alg) = &run.algorithm {
-                outln!("  algorithm:  {alg} {}", run.params)?;
-            }
+        show_served(s, l.model.as_ref(), l.dataset.as_ref())?;
+        show_tail(&l.restore, &l.notes)?;
+    }
+    Ok(())
+}
+
+/// What answered (model, its train run, dataset, the run that made it), as
+/// both a logged and an unlogged answer explain it.
+fn show_served(
+    s: &crate::segment::ServedBy,
+    model: Option<&crate::workspace::ArtifactLineage>,
+    dataset: Option<&crate::workspace::ArtifactLineage>,
+) -> std::io::Result<()> {
+    outln!("  model:      {} {}", s.model, s.model_digest)?;
+    if let Some(run) = model.and_then(|m| m.run.as_ref()) {
+        outln!(
+            "  trained by: {} run {} at commit {}{} (recsys {} build {})",
+            run.kind,
+            run.id.short(),
+            short(&run.git_commit),
+            if run.dirty { " (dirty work tree)" } else { "" },
+            run.recsys_version,
+            &run.build_commit[..run.build_commit.len().min(12)]
+        )?;
+        if let Some(alg) = &run.algorithm {
+            outln!("  algorithm:  {alg} {}", run.params)?;
         }
-        if s.dataset.is_empty() {
-            outln!("  dataset:    -")?;
-        } else {
-            outln!("  dataset:    {} {}", s.dataset, s.dataset_digest)?;
-        }
-        if let Some(d) = &l.dataset
-            && let Some(run) = &d.run
-        {
-            outln!(
-                "  data from:  {} run {} {}",
-                run.kind,
-                run.id.short(),
-                run.source
-            )?;
-        }
-        for c in &l.restore {
-            outln!("  restore:    {c}")?;
-        }
-        for n in &l.notes {
-            outln!("  note:       {n}")?;
-        }
+    }
+    if s.dataset.is_empty() {
+        outln!("  dataset:    -")?;
+    } else {
+        outln!("  dataset:    {} {}", s.dataset, s.dataset_digest)?;
+    }
+    if let Some(run) = dataset.and_then(|d| d.run.as_ref()) {
+        outln!(
+            "  data from:  {} run {} {}",
+            run.kind,
+            run.id.short(),
+            run.source
+        )?;
+    }
+    Ok(())
+}
+
+/// The restore commands and notes that end an answer's explanation.
+fn show_tail(restore: &[String], notes: &[String]) -> std::io::Result<()> {
+    for c in restore {
+        outln!("  restore:    {c}")?;
+    }
+    for n in notes {
+        outln!("  note:       {n}")?;
     }
     Ok(())
 }

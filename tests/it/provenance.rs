@@ -7,10 +7,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::Env;
+use crate::common::{Env, serve};
 
 fn pointer_field(env: &Env, ptr: &str, key: &str) -> String {
     let text = String::from_utf8(env.read(ptr)).expect("utf8");
@@ -80,70 +80,6 @@ pub(crate) fn add_served_model(env: &Env, dir: &str) -> (String, String) {
         .expect("a model");
     env.write("config.json", format!(r#"{{"default": "{model}"}}"#));
     (ds, model)
-}
-
-struct Serving {
-    child: Child,
-    port: u16,
-    _out: BufReader<std::process::ChildStdout>,
-}
-
-fn serve(env: &Env) -> Serving {
-    let mut child = env
-        .cmd(&["serve", "--port", "0", "--poll-ms", "200"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn recsys serve");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("read url");
-    let port = line
-        .trim_end()
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
-    Serving {
-        child,
-        port,
-        _out: out,
-    }
-}
-
-impl Serving {
-    /// `GET /recommend/<user>` on a fresh connection; the request id.
-    fn recommend(&self, user: u32) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        write!(
-            s,
-            "GET /recommend/{user} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("answer");
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        text.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("x-request-id")
-                    .then(|| v.trim().to_string())
-            })
-            .unwrap_or_else(|| panic!("no request id in {text}"))
-    }
-
-    /// SIGTERM: finish, flush and close the log into the store.
-    fn stop(mut self) {
-        let st = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(st.success());
-        assert!(self.child.wait().expect("wait").success());
-    }
 }
 
 fn digest_of(bytes: &[u8]) -> String {
