@@ -21,7 +21,7 @@ if [[ -z "${RECSYS_BIN:-}" ]]; then
     RECSYS_BIN="$CARGO_TARGET_DIR/release/recsys"
 fi
 ml="${RECSYS_ML100K:-$("$repo/scripts/fetch-movielens.sh")}"
-algos="${BENCH_ALGOS:-popularity als recent ease}"
+algos="${BENCH_ALGOS:-popularity als recent ease hybrid}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/recsys-model-quality.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 

@@ -66,10 +66,7 @@ pub(crate) fn fit(
     for d in 0..n {
         g[d * n + d] += lambda;
     }
-    let l = cholesky_lower(g, n).ok_or(ModelError::NotPositiveDefinite {
-        side: "ease item",
-        row: 0,
-    })?;
+    let l = cholesky_lower(g, n).map_err(|item| ModelError::GramNotPositiveDefinite { item })?;
     let wt = inverse_lower_transposed(&l, n);
     drop(l);
     let p = gram_upper(&wt, n);
@@ -92,8 +89,8 @@ pub(crate) fn fit(
 /// row: L_ij = (G_ij − L_i,0..j · L_j,0..j) / L_jj. Within a block of rows
 /// the rows are independent once the rows above are done, so each block's
 /// off-block part runs in parallel; the in-block triangle follows serially
-/// per row. `None` if not positive definite.
-fn cholesky_lower(mut a: Vec<f64>, n: usize) -> Option<Vec<f64>> {
+/// per row. `Err(row)` at the first non-positive pivot.
+fn cholesky_lower(mut a: Vec<f64>, n: usize) -> Result<Vec<f64>, usize> {
     const BLOCK: usize = 64;
     let mut i0 = 0;
     while i0 < n {
@@ -117,7 +114,7 @@ fn cholesky_lower(mut a: Vec<f64>, n: usize) -> Option<Vec<f64>> {
                 if j == i {
                     let d = row[i] - dot64(&row[..i], &row[..i]);
                     if d.is_nan() || d <= 0.0 {
-                        return None;
+                        return Err(i);
                     }
                     row[i] = d.sqrt();
                 } else {
@@ -131,7 +128,7 @@ fn cholesky_lower(mut a: Vec<f64>, n: usize) -> Option<Vec<f64>> {
         }
         i0 = i1;
     }
-    Some(a)
+    Ok(a)
 }
 
 /// Wᵀ for W = L⁻¹ (lower triangular), row-major: row j of the result is
@@ -209,7 +206,7 @@ mod tests {
                 assert!((v - want).abs() < 1e-12, "({i},{j}) = {v}");
             }
         }
-        assert!(cholesky_lower(vec![1.0, 2.0, 2.0, 1.0], 2).is_none());
+        assert_eq!(cholesky_lower(vec![1.0, 2.0, 2.0, 1.0], 2).err(), Some(1));
     }
 
     #[test]

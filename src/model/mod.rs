@@ -97,6 +97,11 @@ pub enum ModelError {
     #[error("ALS normal equations for {side} row {row} are not positive definite")]
     NotPositiveDefinite { side: &'static str, row: usize },
     #[error(
+        "EASE's Gram matrix is not positive definite at item {item} \
+         (lambda must be > 0 and finite; numerically it should never happen)"
+    )]
+    GramNotPositiveDefinite { item: usize },
+    #[error(
         "{algo} refuses {n_items} items (limit {limit}): its dense item-item matrix needs \
          {gib:.1} GiB and its solve grows with items^3; use als, recent or popularity"
     )]
