@@ -18,7 +18,7 @@
 //! A leaf module: it depends on nothing else in the crate.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -128,7 +128,7 @@ pub(crate) fn is_served_line(line: &[u8]) -> bool {
 /// `{"recsys_served":n,<fields>}`: what answered the lines that follow
 /// with `"served":n`, defined once per segment.
 pub(crate) fn write_served_line(buf: &mut Vec<u8>, n: u32, fields: &str) {
-    let _ = write!(Buf(buf), "{{\"recsys_served\":{n},");
+    let _ = write!(buf, "{{\"recsys_served\":{n},");
     buf.extend_from_slice(fields.as_bytes());
     buf.extend_from_slice(b"}\n");
 }
@@ -183,28 +183,18 @@ pub(crate) fn write_request_line(
 ) -> (usize, usize) {
     buf.extend_from_slice(b"{\"id\":\"");
     buf.extend_from_slice(id.as_bytes());
-    let _ = write!(Buf(buf), "\",\"time\":{time_ms},\"user\":{user},");
+    let _ = write!(buf, "\",\"time\":{time_ms},\"user\":{user},");
     let head_end = buf.len();
-    let _ = write!(Buf(buf), "\"served\":{served}");
+    let _ = write!(buf, "\"served\":{served}");
     let tail_start = buf.len();
     buf.extend_from_slice(b",\"route\":");
     push_json_str(buf, route);
     buf.extend_from_slice(b",\"status\":");
     push_json_str(buf, status);
-    let _ = write!(Buf(buf), ",\"latency_us\":{latency_us},\"items\":");
+    let _ = write!(buf, ",\"latency_us\":{latency_us},\"items\":");
     push_items(buf, items);
     buf.extend_from_slice(b"}\n");
     (head_end, tail_start)
-}
-
-/// `fmt::Write` into a byte buffer.
-struct Buf<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Buf<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 /// Append a JSON string (quoted, escaped).

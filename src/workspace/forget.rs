@@ -39,11 +39,11 @@ use serde::Serialize;
 
 use super::{LOG_DIR, Pointer, Result, Workspace, WorkspaceError, write_atomic};
 use crate::dataset::{Dataset, DatasetMeta};
+use crate::lineage::ArtifactRef;
 use crate::lineage::RunRecord;
 use crate::lineage::erasure::Erased;
-use crate::lineage::requests::SegmentRef;
+use crate::lineage::requests::index_segment;
 use crate::lineage::run::RUN_FORMAT;
-use crate::lineage::{ArtifactRef, requests::RequestRow};
 use crate::progress::NoProgress;
 use crate::segment::{SEGMENT_MAGIC, parse_segment};
 use crate::store::manifest::{Entry, Manifest};
@@ -480,20 +480,7 @@ impl Workspace {
         for (o, new) in open.iter().zip(&open_new) {
             let Some(d) = new else { continue };
             let seg = parse_segment(&o.path.display().to_string(), &o.bytes)?;
-            let joined: Vec<String> = seg.records.iter().map(|r| r.items.join(",")).collect();
-            let rows: Vec<RequestRow<'_>> = seg
-                .records
-                .iter()
-                .zip(&joined)
-                .map(|(r, items)| r.row(items))
-                .collect();
-            let sref = SegmentRef {
-                name: &seg.header.name,
-                host: &seg.header.host,
-                opened: seg.header.opened,
-            };
-            self.lineage
-                .replace_segment_requests(&sref, &rows, Some((now, &d.hex())))?;
+            index_segment(&self.lineage, &seg, Some((now, &d.hex())))?;
             fs::remove_file(&o.path).map_err(|e| io_err("remove", &o.path, e))?;
         }
         self.lineage.forget_user_requests(user)?;

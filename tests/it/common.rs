@@ -190,15 +190,13 @@ pub(crate) struct Serving {
     _out: BufReader<std::process::ChildStdout>,
 }
 
-/// Start `recsys serve` in `env` (port 0, config polled every 200 ms) and
-/// wait for its URL line.
-pub(crate) fn serve(env: &Env) -> Serving {
-    let mut child = env
-        .cmd(&["serve", "--port", "0", "--poll-ms", "200"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn recsys serve");
+/// The port of a starting `recsys serve` (piped stdout), from the URL line
+/// it prints first; and the rest of its stdout, to keep the pipe open.
+/// `hint` is added to the panic when no URL comes.
+pub(crate) fn served_port(
+    child: &mut Child,
+    hint: &str,
+) -> (u16, BufReader<std::process::ChildStdout>) {
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
     out.read_line(&mut line).expect("read url");
@@ -208,7 +206,20 @@ pub(crate) fn serve(env: &Env) -> Serving {
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
+        .unwrap_or_else(|| panic!("no port in {line:?}{hint}"));
+    (port, out)
+}
+
+/// Start `recsys serve` in `env` (port 0, config polled every 200 ms) and
+/// wait for its URL line.
+pub(crate) fn serve(env: &Env) -> Serving {
+    let mut child = env
+        .cmd(&["serve", "--port", "0", "--poll-ms", "200"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn recsys serve");
+    let (port, out) = served_port(&mut child, "");
     Serving {
         child,
         port,

@@ -230,31 +230,22 @@ fn forget_leaves_no_byte_of_the_user_in_the_project_or_the_remote() {
         assert_eq!(l["request"]["id"], id.as_str(), "{l}");
         assert!(l["model"].is_object(), "{id}: {l}");
     }
-    // A forgotten id is no longer logged anywhere: `lineage` can only say
-    // what the id itself names (config and model), that user and items are
-    // unknown, and that a forget may have removed it.
-    for id in &x_ids {
-        let out = env.run(&["lineage", id, "--json"]);
-        let l: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        assert_eq!(l["logged"], false, "{id} is still logged: {l}");
-        assert!(
-            l["unknown"]
-                .as_array()
-                .is_some_and(|u| u.contains(&"user".into()) && u.contains(&"items".into())),
-            "{l}"
-        );
-        assert!(l.to_string().contains("recsys forget"), "{l}");
-    }
+    assert_forgotten(&env, &x_ids);
     audit_clean(&env);
     // Forgetting again: nothing left, said so, nothing changed.
     let err = env.fails(2, &["forget", "--user", &X.to_string()]);
     assert!(err.contains("forgotten already by run"), "{err}");
     // A rebuilt index does not bring the user back, and stays clean.
     env.ok(&["lineage", "--rebuild"]);
-    // A forgotten id is no longer logged anywhere: `lineage` can only say
-    // what the id itself names (config and model), that user and items are
-    // unknown, and that a forget may have removed it.
-    for id in &x_ids {
+    assert_forgotten(&env, &x_ids);
+    audit_clean(&env);
+}
+
+/// A forgotten id is no longer logged anywhere: `lineage` can only say
+/// what the id itself names (config and model), that user and items are
+/// unknown, and that a forget may have removed it.
+fn assert_forgotten(env: &Env, ids: &[String]) {
+    for id in ids {
         let out = env.run(&["lineage", id, "--json"]);
         let l: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         assert_eq!(l["logged"], false, "{id} is still logged: {l}");
@@ -266,7 +257,6 @@ fn forget_leaves_no_byte_of_the_user_in_the_project_or_the_remote() {
         );
         assert!(l.to_string().contains("recsys forget"), "{l}");
     }
-    audit_clean(&env);
 }
 
 /// `gc --requests-older-than`: segments whose newest request is older than

@@ -678,16 +678,7 @@ pub(crate) fn spawn_server_with(p: &Project, extra: &[&str], stderr: Stdio) -> R
         .stderr(stderr)
         .spawn()
         .expect("spawn recsys serve");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("read url");
-    let port = line
-        .trim_end()
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let (port, out) = crate::common::served_port(&mut child, "");
     Running {
         child,
         port,

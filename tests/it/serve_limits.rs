@@ -159,16 +159,7 @@ fn spawn_wrapped(p: &Project, wrapper: &[&str], extra: &[&str]) -> Running {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = c.spawn().expect("spawn recsys serve");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("read url");
-    let port = line
-        .trim_end()
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?} (is {wrapper:?} installed?)"));
+    let (port, out) = common::served_port(&mut child, &format!(" (is {wrapper:?} installed?)"));
     Running {
         child,
         port,
