@@ -106,7 +106,7 @@ impl Staged {
 impl Workspace {
     /// Names used by pointer files in the work tree and at HEAD:
     /// name -> digests. A version name is never reused for other bytes.
-    fn names_in_pointers(&self) -> Result<HashMap<String, Vec<Digest>>> {
+    pub(super) fn names_in_pointers(&self) -> Result<HashMap<String, Vec<Digest>>> {
         let mut names: HashMap<String, Vec<Digest>> = HashMap::new();
         for rel in self.pointer_files()? {
             if let Ok((p, _)) = self.read_pointer(&rel) {

@@ -119,6 +119,9 @@ impl Workspace {
             .find(|a| a.digest == digest && a.kind == Kind::Dataset.as_str())
         {
             let run = a.run;
+            if let Some(path) = &a.path {
+                self.complete_registration(&a, path, tmp)?;
+            }
             return Ok((
                 Some(run),
                 Added {
@@ -161,6 +164,46 @@ impl Workspace {
                 Err(e)
             }
         }
+    }
+}
+
+impl Workspace {
+    /// A registered dataset whose pointer file is missing: the registering
+    /// process died after recording it and before writing the pointer (or
+    /// the pointer was deleted). Finish what it started: the staged copy
+    /// (the same bytes) goes into place when the directory is gone too, and
+    /// the pointer and `.gitignore` entry are written. A pointer elsewhere
+    /// naming the version (a moved one) is left as the only one.
+    fn complete_registration(
+        &self,
+        art: &ArtifactRow,
+        rel: &str,
+        staged: tempfile::TempDir,
+    ) -> Result<()> {
+        let abs = self.root().join(rel);
+        let ptr = PathBuf::from(format!("{}{}", abs.display(), super::pointer::EXT));
+        if fs::symlink_metadata(&ptr).is_ok() || self.names_in_pointers()?.contains_key(&art.name) {
+            return Ok(());
+        }
+        if fs::symlink_metadata(&abs).is_err() {
+            let kept = staged.keep();
+            fs::rename(&kept, &abs).ctx("rename into place", &abs)?;
+        }
+        let file_name = rel.rsplit('/').next().unwrap_or(rel).to_string();
+        let pointer = super::pointer::Pointer {
+            path: file_name.clone(),
+            is_dir: true,
+            kind: Kind::Dataset,
+            name: art.name.clone(),
+            digest: art.digest,
+            size: art.size,
+            files: art.files,
+            run: Some(art.run),
+        };
+        super::write_atomic(&ptr, pointer.to_text().as_bytes())?;
+        let dir = abs.parent().unwrap_or(self.root());
+        self.ensure_ignored(dir, &[&format!("/{file_name}")])?;
+        Ok(())
     }
 }
 

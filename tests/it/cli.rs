@@ -179,6 +179,22 @@ fn importing_the_same_files_twice_is_unchanged_not_a_new_version() {
     std::fs::remove_dir_all(env.path("data/dataset_1")).expect("rm");
     let out = env.ok(&["import", "movielens", dir]);
     assert!(out.contains("recsys checkout dataset_1"), "{out}");
+    // A registration cut short after the index and before the pointer (a
+    // kill, or a deleted pointer) is finished by importing the bytes again.
+    let pointer = std::fs::read_to_string(env.path("data/dataset_1.recsys")).expect("pointer");
+    std::fs::remove_file(env.path("data/dataset_1.recsys")).expect("rm");
+    let again = env.json(&["import", "movielens", dir, "--json"]);
+    assert_eq!(again["dataset"], "dataset_1");
+    assert_eq!(again["unchanged"], true);
+    assert_eq!(
+        std::fs::read_to_string(env.path("data/dataset_1.recsys")).expect("restored"),
+        pointer
+    );
+    assert!(
+        env.path("data/dataset_1/events.csv").is_file(),
+        "work-tree copy restored"
+    );
+    env.ok(&["audit"]);
     // Other bytes are a new version.
     let data = std::fs::read_to_string(ml.join("u.data")).expect("read");
     std::fs::write(
