@@ -76,6 +76,16 @@ pub struct Flags {
     /// 0 to 1 [default: 0.5].
     #[arg(long, allow_hyphen_values = true)]
     blend: Option<f32>,
+    /// User attributes cold users are grouped by (recent, ease, hybrid): a
+    /// new user of a known age band (or gender, occupation) gets the recent
+    /// favourites of their group, shrunk towards everyone's. `age`,
+    /// `gender,age`, ... or `none` [hybrid's default: age].
+    #[arg(long)]
+    cohorts: Option<String>,
+    /// Weight of everyone's recent list inside each group's: 0 is the group
+    /// alone, large values approach the global list [default: 3].
+    #[arg(long)]
+    cohort_prior: Option<f32>,
     /// Seed of the model's initialisation and of the random split [default: 42].
     #[arg(long)]
     seed: Option<u64>,
@@ -104,6 +114,8 @@ impl Flags {
             reg: a.reg,
             half_life: a.half_life.clone(),
             blend: a.blend,
+            cohorts: a.cohorts.clone(),
+            cohort_prior: a.cohort_prior,
             seed: a.seed,
             split: match a.split {
                 SplitArg::Time => SplitKind::Time,

@@ -11,7 +11,7 @@
 //! as they would when served. [`evaluate_segments`] also reports the warm
 //! users (with training events) and the cold ones (without) apart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -115,6 +115,18 @@ pub fn evaluate_segments(
     train: &[Interaction],
     test: &[Interaction],
 ) -> Result<SegmentedMetrics, ModelError> {
+    evaluate_segments_in(model, train, test, &HashMap::new())
+}
+
+/// [`evaluate_segments`], cold users answered as serving answers them:
+/// from their cohort's list when `cohorts` knows their cohort (keys as
+/// [`super::cohort_key`] makes them for the model's attributes).
+pub fn evaluate_segments_in(
+    model: &Model,
+    train: &[Interaction],
+    test: &[Interaction],
+    cohorts: &HashMap<u32, String>,
+) -> Result<SegmentedMetrics, ModelError> {
     for (index, ev) in test.iter().enumerate() {
         if ev.item as usize >= model.n_items() {
             return Err(ModelError::ItemOutOfRange {
@@ -160,7 +172,7 @@ pub fn evaluate_segments(
     let per_user: Vec<[f64; 4]> = relevant
         .par_iter()
         .map(|(user, rel)| {
-            let recs = model.recommend(*user, 20, true);
+            let recs = model.recommend_in(*user, cohorts.get(user).map(String::as_str), 20, true);
             let is_rel = |i: &u32| rel.binary_search(i).is_ok();
             let hits10 = recs.iter().take(10).filter(|i| is_rel(i)).count();
             let hits20 = recs.iter().filter(|i| is_rel(i)).count();

@@ -1,4 +1,4 @@
-//! The model file format, versions 1 and 2.
+//! The model file format, versions 1, 2 and 3.
 //!
 //! ```text
 //! RECSYS-MODEL 1 <json-bytes>\n     first line: magic, format version, header length
@@ -17,7 +17,9 @@
 //! `item_scores` f32[n_items] (the recency prior of recent and ease) and
 //! `item_item` f32[n_items²] (ease's weights, row-major); algorithms that use
 //! neither are still written as version 1, byte for byte as before. Sections
-//! an algorithm does not use have length 0. Loading checks every length against
+//! an algorithm does not use have length 0. Version 3 (models with
+//! cold-user cohorts) has version 2's body and adds `cohorts` to the JSON
+//! header: per cohort its key, training-user count and item list. Loading checks every length against
 //! the dims, the body checksum, finiteness and CSR consistency, and refuses
 //! trailing bytes.
 
@@ -26,11 +28,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use serde::{Deserialize, Serialize};
 
 use super::train::MAX_FACTORS;
-use super::{Algo, Model, ModelError, Params, popularity_order};
+use super::{Algo, CohortList, Model, ModelError, Params, popularity_order};
 
 pub const MAGIC: &str = "RECSYS-MODEL";
 /// The newest format this build writes; it reads 1 ..= this.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Refuse headers beyond this size instead of reading without bound.
 const MAX_HEADER_BYTES: u64 = 1 << 30;
@@ -65,6 +67,9 @@ struct FileHeader {
     created: String,
     item_names: Vec<String>,
     user_ids: Vec<u32>,
+    /// Version 3 only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cohorts: Vec<CohortList>,
     body: BodyLayout,
 }
 
@@ -103,8 +108,14 @@ const V1_SECTIONS: usize = 8;
 const NNZ_SECTION: usize = 7;
 
 /// The version a model of `algo` is written in.
-fn version_for(algo: Algo) -> u32 {
-    if algo.has_recency_prior() { 2 } else { 1 }
+fn version_for(algo: Algo, cohorts: bool) -> u32 {
+    if cohorts {
+        3
+    } else if algo.has_recency_prior() {
+        2
+    } else {
+        1
+    }
 }
 
 /// Section lengths implied by the dims (seen_items' length is free);
@@ -168,7 +179,7 @@ fn sections_of(model: &Model) -> Vec<Section> {
         model.item_scores.len(),
         model.item_item.len(),
     ];
-    let n = if version_for(model.algo) == 1 {
+    let n = if version_for(model.algo, false) == 1 {
         V1_SECTIONS
     } else {
         SECTIONS.len()
@@ -189,7 +200,7 @@ fn sections_of(model: &Model) -> Vec<Section> {
 pub fn save(model: &Model, header: &Header, mut writer: impl Write) -> Result<(), ModelError> {
     check_names(model, header)?;
     let body = body_bytes(model);
-    let version = version_for(model.algo);
+    let version = version_for(model.algo, !model.cohorts.is_empty());
     let file_header = FileHeader {
         magic: MAGIC.to_owned(),
         format_version: version,
@@ -203,6 +214,7 @@ pub fn save(model: &Model, header: &Header, mut writer: impl Write) -> Result<()
         created: header.created.clone(),
         item_names: header.item_names.clone(),
         user_ids: model.user_ids.clone(),
+        cohorts: model.cohorts.clone(),
         body: BodyLayout {
             byte_order: "little-endian".to_owned(),
             bytes: body.len() as u64,
@@ -346,16 +358,22 @@ fn check_dims(fh: &FileHeader) -> Result<(), ModelError> {
     if k != want_k {
         return Err(mismatch("factors", want_k, k));
     }
-    if version_for(fh.algorithm) != fh.format_version {
+    let want = version_for(fh.algorithm, !fh.cohorts.is_empty());
+    if want != fh.format_version {
         return Err(ModelError::InvalidHeader {
             reason: format!(
-                "a {} model is written in format {}, not {}",
+                "a {} model{} is written in format {want}, not {}",
                 fh.algorithm,
-                version_for(fh.algorithm),
+                if fh.cohorts.is_empty() {
+                    ""
+                } else {
+                    " with cohorts"
+                },
                 fh.format_version
             ),
         });
     }
+    check_cohorts(fh)?;
     if factored && !(1..=u64::from(MAX_FACTORS)).contains(&k) {
         return Err(ModelError::InvalidHeader {
             reason: format!("{} model with {k} factors", fh.algorithm),
@@ -403,6 +421,43 @@ fn check_dims(fh: &FileHeader) -> Result<(), ModelError> {
     }
     if bytes != fh.body.bytes {
         return Err(mismatch("body bytes", bytes, fh.body.bytes));
+    }
+    Ok(())
+}
+
+/// Cohort lists: a recency-prior model's, keys strictly increasing,
+/// items in range and distinct.
+fn check_cohorts(fh: &FileHeader) -> Result<(), ModelError> {
+    if fh.cohorts.is_empty() {
+        return Ok(());
+    }
+    let invalid = |reason: String| ModelError::InvalidSection {
+        section: "cohorts",
+        reason,
+    };
+    if !fh.algorithm.has_recency_prior() || fh.params.cohorts.is_none() {
+        return Err(invalid(format!(
+            "a {} model without cohort parameters has cohort lists",
+            fh.algorithm
+        )));
+    }
+    if fh.cohorts.windows(2).any(|w| w[0].key >= w[1].key) {
+        return Err(invalid("keys are not strictly increasing".to_owned()));
+    }
+    for c in &fh.cohorts {
+        if c.items.len() > super::cohort::COHORT_LIST_LEN {
+            return Err(invalid(format!("{}: {} items", c.key, c.items.len())));
+        }
+        let mut items = c.items.clone();
+        items.sort_unstable();
+        if items.windows(2).any(|w| w[0] == w[1]) {
+            return Err(invalid(format!("{}: an item twice", c.key)));
+        }
+        if let Some(&last) = items.last()
+            && last as u64 >= fh.n_items
+        {
+            return Err(invalid(format!("{}: item {last} >= {}", c.key, fh.n_items)));
+        }
     }
     Ok(())
 }
@@ -507,6 +562,7 @@ fn decode(fh: FileHeader, body: &[u8]) -> Result<(Header, Model), ModelError> {
         n_items,
         k: fh.factors as usize,
         user_ids: fh.user_ids,
+        cohorts: fh.cohorts,
         scalars,
         user_bias,
         item_bias,
@@ -548,6 +604,10 @@ pub fn content_digest(model: &Model, header: &Header) -> String {
         .collect();
     put(&ids);
     put(&body_bytes(model));
+    // Only models that have cohorts hash them: older digests stay.
+    if !model.cohorts.is_empty() {
+        put(&serde_json::to_vec(&model.cohorts).unwrap_or_default());
+    }
     h.finalize().to_hex().to_string()
 }
 
@@ -600,7 +660,7 @@ mod tests {
             let h = header(30);
             let mut buf = Vec::new();
             save(&m, &h, &mut buf).expect("save");
-            let v = if algo.has_recency_prior() { 2 } else { 1 };
+            let v = version_for(algo, false);
             assert!(buf.starts_with(format!("RECSYS-MODEL {v} ").as_bytes()));
             let (h2, m2) = load(&buf[..]).expect("load");
             assert_eq!(h2, h);
@@ -677,11 +737,11 @@ mod tests {
             Err(ModelError::BadMagic { .. })
         ));
 
-        let mut v3 = file.clone();
-        v3[13] = b'3';
+        let mut v4 = file.clone();
+        v4[13] = b'4';
         assert!(matches!(
-            load(&v3[..]),
-            Err(ModelError::UnsupportedVersion { found }) if found == "3"
+            load(&v4[..]),
+            Err(ModelError::UnsupportedVersion { found }) if found == "4"
         ));
         // An svd model is a version 1 file; claiming 2 is refused.
         let mut v2 = file.clone();

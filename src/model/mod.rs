@@ -19,6 +19,7 @@
 //! Ids: users are arbitrary `u32` ids; items are dense indices `0..n_items`
 //! into the item-name list the caller keeps (and stores in the model file).
 
+mod cohort;
 mod ease;
 mod eval;
 mod format;
@@ -31,13 +32,20 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use cohort::CohortList;
+pub use cohort::{CohortAttr, cohort_attrs_text, cohort_key, parse_cohort_attrs};
 pub use ease::MAX_EASE_ITEMS;
 pub use eval::{
     Metrics, SegmentedMetrics, Segments, SplitKind, evaluate, evaluate_baseline, evaluate_segments,
-    split,
+    evaluate_segments_in, split,
 };
 pub use format::{FORMAT_VERSION, Header, MAGIC, content_digest, load, save};
-pub use train::{DEFAULT_HALF_LIFE_MS, train};
+pub use train::{DEFAULT_HALF_LIFE_MS, train, train_with_cohorts};
+
+/// Cold-user cohorts of the default hybrid: age bands.
+pub const DEFAULT_COHORTS: &str = "age";
+/// Weight of the global list in a cohort's (see the `cohort` module).
+pub const DEFAULT_COHORT_PRIOR: f32 = 3.0;
 
 /// One event: a watch (`rating: None`) or an explicit rating.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -221,6 +229,14 @@ pub struct Params {
     /// (hybrid). Absent for the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blend: Option<f32>,
+    /// The user attributes cold users are grouped by (`age`, `gender`,
+    /// `occupation`, comma-separated, canonical order) (recent, ease,
+    /// hybrid). Absent: every cold user gets the global list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohorts: Option<String>,
+    /// Weight of the global list in each cohort's list (with `cohorts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort_prior: Option<f32>,
 }
 
 impl Params {
@@ -238,6 +254,8 @@ impl Params {
                 seed: 42,
                 half_life_ms: None,
                 blend: None,
+                cohorts: None,
+                cohort_prior: None,
             },
             Algo::Als => Params {
                 factors: 32,
@@ -250,6 +268,8 @@ impl Params {
                 seed: 42,
                 half_life_ms: None,
                 blend: None,
+                cohorts: None,
+                cohort_prior: None,
             },
             Algo::Popularity => Params {
                 factors: 0,
@@ -262,6 +282,8 @@ impl Params {
                 seed: 0,
                 half_life_ms: None,
                 blend: None,
+                cohorts: None,
+                cohort_prior: None,
             },
             Algo::Recent => Params {
                 half_life_ms: Some(DEFAULT_HALF_LIFE_MS),
@@ -273,9 +295,12 @@ impl Params {
                 half_life_ms: Some(DEFAULT_HALF_LIFE_MS),
                 ..Params::default_for(Algo::Popularity)
             },
-            // Equal weight: neither part is preferred a priori.
+            // Equal weight: neither part is preferred a priori. Age-band
+            // cohorts: the one grouping that helps cold users on ML-100K.
             Algo::Hybrid => Params {
                 blend: Some(0.5),
+                cohorts: Some(DEFAULT_COHORTS.to_string()),
+                cohort_prior: Some(DEFAULT_COHORT_PRIOR),
                 ..Params::default_for(Algo::Ease)
             },
         }
@@ -315,6 +340,9 @@ pub struct Model {
     /// descending), else from `item_counts`; ties by count descending, then
     /// item index ascending.
     pub(crate) popular: Vec<u32>,
+    /// Cold users' lists per cohort (see `params.cohorts`), sorted by key;
+    /// empty when the model has none.
+    pub(crate) cohorts: Vec<CohortList>,
 }
 
 impl Model {
@@ -353,6 +381,62 @@ impl Model {
     /// (time-decayed for models with a recency prior): what unknown users get.
     pub(crate) fn popular(&self, n: usize) -> &[u32] {
         &self.popular[..n.min(self.popular.len())]
+    }
+
+    /// The attributes cold users are grouped by; empty without cohorts.
+    pub fn cohort_attrs(&self) -> Vec<CohortAttr> {
+        if self.cohorts.is_empty() {
+            return Vec::new();
+        }
+        self.params
+            .cohorts
+            .as_deref()
+            .and_then(|c| parse_cohort_attrs(c).ok())
+            .unwrap_or_default()
+    }
+
+    /// The `n` items a cold user of cohort `key` gets: the cohort's list,
+    /// then the global one; the global list for an unknown cohort.
+    pub fn cohort_popular(&self, key: &str, n: usize) -> Vec<u32> {
+        let n = n.min(self.n_items);
+        let Ok(at) = self.cohorts.binary_search_by(|c| c.key.as_str().cmp(key)) else {
+            return self.popular(n).to_vec();
+        };
+        let mut out: Vec<u32> = self.cohorts[at].items.iter().copied().take(n).collect();
+        if out.len() < n {
+            let mut have: Vec<u32> = out.clone();
+            have.sort_unstable();
+            out.extend(
+                self.popular
+                    .iter()
+                    .copied()
+                    .filter(|i| have.binary_search(i).is_err())
+                    .take(n - have.len()),
+            );
+        }
+        out
+    }
+
+    /// Cohort keys with their training-user counts.
+    pub fn cohort_sizes(&self) -> Vec<(&str, u32)> {
+        self.cohorts
+            .iter()
+            .map(|c| (c.key.as_str(), c.users))
+            .collect()
+    }
+
+    /// [`Model::recommend`], with the cohort of a cold user when known.
+    pub fn recommend_in(
+        &self,
+        user: u32,
+        cohort: Option<&str>,
+        n: usize,
+        exclude_seen: bool,
+    ) -> Vec<u32> {
+        match cohort {
+            Some(key) if !self.knows_user(user) => self.cohort_popular(key, n),
+            _ => self.recommend(user, n, exclude_seen),
+        }
     }
 
     /// Predicted score of `item` for `user`. For svd this is a rating clipped

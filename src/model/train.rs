@@ -1,6 +1,8 @@
 //! Training: biased SVD by SGD, implicit-feedback ALS, popularity,
 //! time-decayed popularity (the recency prior), EASE (in `ease`).
 
+use std::collections::HashMap;
+
 use rayon::prelude::*;
 
 use super::{Algo, Interaction, Model, ModelError, Params, dot, popularity_order};
@@ -21,6 +23,21 @@ pub fn train(
     n_items: usize,
     algo: Algo,
     params: &Params,
+) -> Result<Model, ModelError> {
+    train_with_cohorts(data, n_items, algo, params, &HashMap::new())
+}
+
+/// [`train`], with the cohort (see [`super::cohort_key`]) of the users
+/// whose attributes are known: with `params.cohorts` set, each cohort with
+/// training users gets its own cold-user list. Users missing from `keys`
+/// are in no cohort; with no cohort at all the model has none (every cold
+/// user gets the global list).
+pub fn train_with_cohorts(
+    data: &[Interaction],
+    n_items: usize,
+    algo: Algo,
+    params: &Params,
+    keys: &HashMap<u32, String>,
 ) -> Result<Model, ModelError> {
     check_params(algo, params)?;
     if algo.has_item_item() {
@@ -69,6 +86,7 @@ pub fn train(
         user_factors: Vec::new(),
         item_factors: Vec::new(),
         popular: Vec::new(),
+        cohorts: Vec::new(),
         item_counts,
         item_scores: Vec::new(),
         item_item: Vec::new(),
@@ -76,9 +94,26 @@ pub fn train(
         seen_items: csr.items.clone(),
     };
     if algo.has_recency_prior() {
-        model.item_scores = recency_prior(data, &uidx, n_items, params.half_life_ms.unwrap_or(1));
+        let pairs = decayed_pairs(data, &uidx, params.half_life_ms.unwrap_or(1));
+        let mut prior = vec![0.0f64; n_items];
+        for &(_, item, w) in &pairs {
+            prior[item as usize] += w;
+        }
+        model.item_scores = prior.iter().map(|&s| s as f32).collect();
+        model.popular = popularity_order(&model.item_counts, &model.item_scores);
+        if params.cohorts.is_some() && !keys.is_empty() {
+            model.cohorts = super::cohort::fit(
+                &pairs,
+                &model.user_ids,
+                keys,
+                &prior,
+                &model.popular,
+                f64::from(params.cohort_prior.unwrap_or(0.0)),
+            );
+        }
+    } else {
+        model.popular = popularity_order(&model.item_counts, &model.item_scores);
     }
-    model.popular = popularity_order(&model.item_counts, &model.item_scores);
     match algo {
         Algo::Popularity | Algo::Recent => {}
         Algo::Svd => fit_svd(&mut model, data, &uidx)?,
@@ -90,36 +125,35 @@ pub fn train(
     Ok(model)
 }
 
-/// Time-decayed popularity: per item, the sum over its distinct (user, item)
-/// pairs of 2^(-(t_last - t) / half_life), t = the pair's latest event and
-/// t_last the latest event of the whole training part. Summed in f64 in
-/// data order (fixed), stored as f32.
-fn recency_prior(data: &[Interaction], uidx: &[usize], n_items: usize, half_life: u64) -> Vec<f32> {
+/// The terms of the time-decayed popularity: per distinct (user, item)
+/// pair, in first-seen order, 2^(-(t_last - t) / half_life), t = the
+/// pair's latest event and t_last the latest event of the whole training
+/// part. The recency prior sums them per item in this (fixed) order in f64,
+/// stored as f32; cohorts sum them per cohort.
+fn decayed_pairs(data: &[Interaction], uidx: &[usize], half_life: u64) -> Vec<(usize, u32, f64)> {
     let Some(t_last) = data.iter().map(|e| e.time).max() else {
-        return vec![0.0; n_items];
+        return Vec::new();
     };
     // Latest event per pair, in first-seen order of the pairs.
-    let mut latest: std::collections::HashMap<(usize, u32), usize> = Default::default();
-    let mut pairs: Vec<(u32, i64)> = Vec::new();
+    let mut latest: HashMap<(usize, u32), usize> = HashMap::new();
+    let mut pairs: Vec<(usize, u32, i64)> = Vec::new();
     for (e, &u) in data.iter().zip(uidx) {
         match latest.entry((u, e.item)) {
             std::collections::hash_map::Entry::Occupied(o) => {
-                let t = &mut pairs[*o.get()].1;
+                let t = &mut pairs[*o.get()].2;
                 *t = (*t).max(e.time);
             }
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(pairs.len());
-                pairs.push((e.item, e.time));
+                pairs.push((u, e.item, e.time));
             }
         }
     }
-    let mut scores = vec![0.0f64; n_items];
     let h = half_life as f64;
-    for (item, t) in pairs {
-        let age = t_last.saturating_sub(t) as f64;
-        scores[item as usize] += exp2_neg(age / h);
-    }
-    scores.into_iter().map(|s| s as f32).collect()
+    pairs
+        .into_iter()
+        .map(|(u, item, t)| (u, item, exp2_neg(t_last.saturating_sub(t) as f64 / h)))
+        .collect()
 }
 
 /// 2^(-x) for x >= 0 from + and × only (no libm), so the recency prior is
@@ -173,6 +207,23 @@ fn check_params(algo: Algo, p: &Params) -> Result<(), ModelError> {
                 );
             }
         }
+    }
+    if let Some(c) = &p.cohorts {
+        if !algo.has_recency_prior() {
+            return bad("cohorts", "applies to recent, ease and hybrid");
+        }
+        let attrs = super::parse_cohort_attrs(c)?;
+        if super::cohort_attrs_text(&attrs) != *c {
+            return bad(
+                "cohorts",
+                "must be age, gender, occupation (in this order, comma-separated)",
+            );
+        }
+        if !p.cohort_prior.is_some_and(|b| b.is_finite() && b >= 0.0) {
+            return bad("cohort_prior", "must be set, finite and >= 0 with cohorts");
+        }
+    } else if p.cohort_prior.is_some() {
+        return bad("cohort_prior", "applies only with cohorts");
     }
     if algo == Algo::Hybrid && !p.blend.is_some_and(|b| (0.0..=1.0).contains(&b)) {
         return bad("blend", "must be set and within [0, 1] for hybrid");
@@ -881,5 +932,129 @@ mod tests {
         assert_eq!(m.seen(7), &[0, 2]);
         assert_eq!(m.item_counts, vec![1, 0, 1]);
         assert_eq!(m.recommend(7, 5, true), vec![1]);
+    }
+
+    fn cohort_model() -> (Vec<Interaction>, Model) {
+        // Group g (u % 3) likes items 10g .. 10g+10; its age band says so.
+        let data = planted(150, 30, 3);
+        let bands = ["18-24", "25-34", "35-44"];
+        let keys: HashMap<u32, String> = (0..150)
+            .map(|u| (1000 + u, format!("age={}", bands[(u % 3) as usize])))
+            .collect();
+        let p = Params {
+            cohort_prior: Some(1.0),
+            ..Params::default_for(Algo::Hybrid)
+        };
+        assert_eq!(p.cohorts.as_deref(), Some("age"));
+        let m = train_with_cohorts(&data, 30, Algo::Hybrid, &p, &keys).expect("train");
+        (data, m)
+    }
+
+    #[test]
+    fn a_cold_user_gets_their_cohorts_favourites() {
+        let (data, m) = cohort_model();
+        assert_eq!(
+            m.cohort_sizes(),
+            [("age=18-24", 50), ("age=25-34", 50), ("age=35-44", 50)]
+        );
+        for (g, key) in ["age=18-24", "age=25-34", "age=35-44"].iter().enumerate() {
+            let top = m.recommend_in(5000, Some(key), 5, true);
+            assert!(top.iter().all(|i| *i as usize / 10 == g), "{key}: {top:?}");
+            // Past the cohort's list the global one fills in, no repeats.
+            let all = m.recommend_in(5000, Some(key), 30, true);
+            let mut sorted = all.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..30).collect::<Vec<u32>>(), "{key}");
+        }
+        // An unknown cohort, or none: the global list.
+        assert_eq!(
+            m.recommend_in(5000, Some("age=56-plus"), 5, true),
+            m.popular(5)
+        );
+        assert_eq!(m.recommend_in(5000, None, 5, true), m.popular(5));
+        // A known user is answered by the model, whatever the cohort.
+        assert_eq!(
+            m.recommend_in(1000, Some("age=35-44"), 5, true),
+            m.recommend(1000, 5, true)
+        );
+        // No attributes known: no cohorts, and the model is what it was.
+        let plain =
+            train(&data, 30, Algo::Hybrid, &Params::default_for(Algo::Hybrid)).expect("train");
+        assert!(plain.cohorts.is_empty());
+        assert_eq!(plain.item_item, m.item_item);
+        assert_eq!(plain.item_scores, m.item_scores);
+        // Same input, same lists.
+        assert_eq!(cohort_model().1, m);
+    }
+
+    #[test]
+    fn cohort_parameters_are_checked() {
+        let data = planted(10, 9, 3);
+        let bad = |p: Params, algo: Algo, want: &str| {
+            let e = train(&data, 9, algo, &p).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        };
+        let h = Params::default_for(Algo::Hybrid);
+        bad(
+            Params {
+                cohorts: Some("gender,age".into()),
+                ..h.clone()
+            },
+            Algo::Hybrid,
+            "in this order",
+        );
+        bad(
+            Params {
+                cohort_prior: None,
+                ..h.clone()
+            },
+            Algo::Hybrid,
+            "cohort_prior",
+        );
+        bad(
+            Params {
+                cohort_prior: Some(f32::NAN),
+                ..h.clone()
+            },
+            Algo::Hybrid,
+            "cohort_prior",
+        );
+        bad(
+            Params {
+                cohorts: Some("age".into()),
+                cohort_prior: Some(1.0),
+                ..Params::default_for(Algo::Als)
+            },
+            Algo::Als,
+            "applies to recent, ease and hybrid",
+        );
+    }
+
+    #[test]
+    fn a_model_with_cohorts_round_trips_in_format_3_and_bad_lists_are_refused() {
+        let (_, m) = cohort_model();
+        let header = super::super::Header {
+            dataset_digest: "d".into(),
+            code_commit: "c".into(),
+            created: "t".into(),
+            item_names: (0..30).map(|i| format!("m{i}")).collect(),
+        };
+        let mut buf = Vec::new();
+        super::super::save(&m, &header, &mut buf).expect("save");
+        assert!(buf.starts_with(b"RECSYS-MODEL 3 "));
+        let (_, back) = super::super::load(&buf[..]).expect("load");
+        assert_eq!(back, m);
+        let mut bad = m.clone();
+        bad.cohorts[1].items[0] = 30;
+        let mut buf = Vec::new();
+        super::super::save(&bad, &header, &mut buf).expect("save");
+        let e = super::super::load(&buf[..]).unwrap_err().to_string();
+        assert!(e.contains("cohorts") && e.contains("item 30 >= 30"), "{e}");
+        let mut bad = m.clone();
+        bad.cohorts.swap(0, 1);
+        let mut buf = Vec::new();
+        super::super::save(&bad, &header, &mut buf).expect("save");
+        let e = super::super::load(&buf[..]).unwrap_err().to_string();
+        assert!(e.contains("not strictly increasing"), "{e}");
     }
 }

@@ -224,7 +224,10 @@ pub fn evaluate(
         }
     };
 
-    let seg = model::evaluate_segments(&model, &train_part, &test).map_err(err)?;
+    // Cold users as serving answers them: in their cohort, from the users
+    // table of the evaluated dataset (a later one knows the new users).
+    let cohorts = super::train::cohort_keys(&ds, model.params());
+    let seg = model::evaluate_segments_in(&model, &train_part, &test, &cohorts).map_err(err)?;
     let m = seg.overall;
     let n_items = model.n_items();
     let popularity = baseline(Algo::Popularity, &train_part, &test, n_items).map_err(err)?;

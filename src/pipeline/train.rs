@@ -27,6 +27,11 @@ pub struct TrainOptions {
     pub half_life: Option<String>,
     /// Weight of the recency prior (hybrid), in [0, 1].
     pub blend: Option<f32>,
+    /// The attributes cold users are grouped by (`age`, `gender,age`, ...,
+    /// or `none`) (recent, ease, hybrid; hybrid's default is `age`).
+    pub cohorts: Option<String>,
+    /// Weight of the global list in each cohort's list (with cohorts).
+    pub cohort_prior: Option<f32>,
     /// Seeds the model and the random split. Default 42.
     pub seed: Option<u64>,
     pub split: SplitKind,
@@ -94,6 +99,41 @@ impl TrainSettings {
             }
             params.blend = Some(b);
         }
+        match o.cohorts.as_deref() {
+            _ if o.cohorts.is_some() && !o.algo.has_recency_prior() => {
+                return Err(PipelineError::Invalid(format!(
+                    "--cohorts applies to recent, ease and hybrid, not {}",
+                    o.algo
+                )));
+            }
+            Some("none") => {
+                params.cohorts = None;
+                params.cohort_prior = None;
+            }
+            Some(c) => {
+                let attrs = model::parse_cohort_attrs(c).map_err(|e| {
+                    PipelineError::Invalid(format!("--cohorts {c}: {}", model_reason(&e)))
+                })?;
+                params.cohorts = Some(model::cohort_attrs_text(&attrs));
+                params
+                    .cohort_prior
+                    .get_or_insert(model::DEFAULT_COHORT_PRIOR);
+            }
+            None => {}
+        }
+        if let Some(b) = o.cohort_prior {
+            if params.cohorts.is_none() {
+                return Err(PipelineError::Invalid(
+                    "--cohort-prior applies with --cohorts (hybrid has cohorts by default)".into(),
+                ));
+            }
+            if !(b.is_finite() && b >= 0.0) {
+                return Err(PipelineError::Invalid(format!(
+                    "--cohort-prior {b} must be a finite number >= 0"
+                )));
+            }
+            params.cohort_prior = Some(b);
+        }
         params.seed = seed;
         Ok(TrainSettings {
             algorithm: o.algo,
@@ -158,6 +198,35 @@ pub(crate) struct Fitted {
     pub fit_seconds: f64,
 }
 
+/// The reason of a parameter error, without the parameter's name.
+fn model_reason(e: &model::ModelError) -> String {
+    match e {
+        model::ModelError::InvalidParam { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Each user's cohort for `params.cohorts` from `ds`'s users table; empty
+/// without cohorts.
+pub(crate) fn cohort_keys(ds: &Dataset, params: &Params) -> std::collections::HashMap<u32, String> {
+    let Some(attrs) = params
+        .cohorts
+        .as_deref()
+        .and_then(|c| model::parse_cohort_attrs(c).ok())
+    else {
+        return Default::default();
+    };
+    ds.users
+        .iter()
+        .filter_map(|u| {
+            let id = u32::try_from(u.user).ok()?;
+            let key =
+                model::cohort_key(&attrs, u.age, u.gender.as_deref(), u.occupation.as_deref())?;
+            Some((id, key))
+        })
+        .collect()
+}
+
 /// Split `ds` and fit on the training part with `s.threads` threads.
 pub(crate) fn fit(ds: &Dataset, s: &TrainSettings, label: &str) -> Result<Fitted> {
     let (data, item_names) = ds.interactions()?;
@@ -168,7 +237,15 @@ pub(crate) fn fit(ds: &Dataset, s: &TrainSettings, label: &str) -> Result<Fitted
         .map_err(|e| PipelineError::Invalid(format!("cannot start {} threads: {e}", s.threads)))?;
     let start = Instant::now();
     let model = pool
-        .install(|| model::train(&train, item_names.len(), s.algorithm, &s.params))
+        .install(|| {
+            model::train_with_cohorts(
+                &train,
+                item_names.len(),
+                s.algorithm,
+                &s.params,
+                &cohort_keys(ds, &s.params),
+            )
+        })
         .map_err(|source| PipelineError::Model {
             name: label.to_string(),
             error: source,

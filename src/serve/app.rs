@@ -370,7 +370,7 @@ async fn recommend(
     let (status, body): (&'static str, Bytes) = match known {
         None => {
             served.counters.fallback_unknown_user.inc();
-            ("fallback_unknown_user", served.popular_body.clone())
+            ("fallback_unknown_user", served.cold_body(attrs))
         }
         Some(u) => {
             let model = &served.model;

@@ -169,6 +169,10 @@ pub struct Served {
     /// The popularity answer, precomputed: the fallback must not fail.
     pub popular_body: axum::body::Bytes,
     pub popular_items: Vec<u32>,
+    /// The attributes the model groups cold users by (empty: none), and
+    /// each cohort's answer, precomputed like the popularity answer.
+    pub cohort_attrs: Vec<crate::model::CohortAttr>,
+    pub cohort_bodies: std::collections::HashMap<String, axum::body::Bytes>,
     pub dataset: Option<(String, Digest)>,
     pub train_run: Option<Digest>,
     pub code_commit: Option<String>,
@@ -177,6 +181,24 @@ pub struct Served {
 }
 
 impl Served {
+    /// The answer for a user the model does not know: their cohort's list
+    /// when the model has cohorts and their attributes are known, else the
+    /// popularity list.
+    pub(crate) fn cold_body(&self, attrs: Option<&UserAttrs>) -> axum::body::Bytes {
+        attrs
+            .and_then(|a| {
+                crate::model::cohort_key(
+                    &self.cohort_attrs,
+                    a.age,
+                    a.gender.as_deref(),
+                    a.occupation.as_deref(),
+                )
+            })
+            .and_then(|k| self.cohort_bodies.get(&k))
+            .unwrap_or(&self.popular_body)
+            .clone()
+    }
+
     /// Who answered, for the request log.
     pub(crate) fn served_by(&self, config_digest: &str) -> ServedBy {
         ServedBy {
@@ -391,6 +413,8 @@ fn load_model(
         item_names: header.item_names,
         popular_body: axum::body::Bytes::new(),
         popular_items,
+        cohort_attrs: model.cohort_attrs(),
+        cohort_bodies: Default::default(),
         dataset,
         train_run: run.as_ref().map(|r| r.id),
         code_commit: run.as_ref().and_then(|r| r.git_commit.clone()),
@@ -398,6 +422,18 @@ fn load_model(
         model,
     };
     served.popular_body = axum::body::Bytes::from(served.body(&served.popular_items));
+    served.cohort_bodies = served
+        .model
+        .cohort_sizes()
+        .into_iter()
+        .map(|(key, _)| {
+            let items = served.model.cohort_popular(key, TOP_N);
+            (
+                key.to_string(),
+                axum::body::Bytes::from(served.body(&items)),
+            )
+        })
+        .collect();
     Ok(served)
 }
 

@@ -80,7 +80,11 @@ fn recent_and_ease_train_evaluate_and_reproduce_bit_for_bit() {
             }
             "hybrid" => {
                 assert_eq!(params["blend"], 0.25);
-                assert!(head.starts_with(b"RECSYS-MODEL 2 "));
+                // The users table has ages: cold users get age-band lists,
+                // which format 3 stores.
+                assert_eq!(params["cohorts"], "age");
+                assert_eq!(params["cohort_prior"], 3.0);
+                assert!(head.starts_with(b"RECSYS-MODEL 3 "));
             }
             "ease" => {
                 assert_eq!(params["reg"], 5.0);
@@ -108,12 +112,19 @@ fn recent_and_ease_train_evaluate_and_reproduce_bit_for_bit() {
     // ease answers cold users with recent popularity (default half-life):
     // exactly the recent baseline there; popularity is its own baseline.
     let (ease, pop, hybrid) = (&evals[1], &evals[2], &evals[3]);
-    for e in [ease, hybrid] {
-        assert_eq!(
-            e["by_segment"]["cold"],
-            e["baselines"]["recent_popularity"]["by_segment"]["cold"]
-        );
-    }
+    assert_eq!(
+        ease["by_segment"]["cold"],
+        ease["baselines"]["recent_popularity"]["by_segment"]["cold"]
+    );
+    // hybrid answers them from their age band's list: not the baseline's.
+    assert_eq!(
+        hybrid["by_segment"]["cold"]["users_evaluated"],
+        hybrid["baselines"]["recent_popularity"]["by_segment"]["cold"]["users_evaluated"]
+    );
+    assert_ne!(
+        hybrid["by_segment"]["cold"]["ndcg_at_20"],
+        hybrid["baselines"]["recent_popularity"]["by_segment"]["cold"]["ndcg_at_20"]
+    );
     for k in KEYS {
         assert_eq!(pop[k], pop["baselines"]["popularity"][k], "{k}");
     }
@@ -184,4 +195,137 @@ fn ease_refuses_a_catalogue_over_its_limit_and_says_why() {
     assert!(err.contains("items^3"), "{err}");
     // The same catalogue trains with recent.
     env.ok(&["train", "--dataset", "dataset_1", "--algo", "recent"]);
+}
+
+/// `GET /recommend/<user>`'s body.
+fn answer(port: u16, user: u32) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET /recommend/{user} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("answer");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Hybrid's cold users on MovieLens 100K's time split: answered from their
+/// age band's recent favourites, offline (above recent popularity on cold
+/// users) and by the server (the same list for the same band, another for
+/// another band), so what `evaluate` measures is what users get.
+#[test]
+fn hybrid_answers_cold_users_by_age_band_offline_and_when_served() {
+    let env = Env::new();
+    env.ok(&["import", "movielens", &crate::common::ml100k()]);
+    let t = env.json(&[
+        "train",
+        "--dataset",
+        "dataset_1",
+        "--algo",
+        "hybrid",
+        "--json",
+    ]);
+    let model = t["model"].as_str().expect("model").to_string();
+    let e = env.json(&["evaluate", "--model", &model, "--json"]);
+    check_segments(&e);
+    let cold = e["by_segment"]["cold"]["ndcg_at_20"]
+        .as_f64()
+        .expect("cold");
+    let recent = e["baselines"]["recent_popularity"]["by_segment"]["cold"]["ndcg_at_20"]
+        .as_f64()
+        .expect("recent cold");
+    assert!(
+        cold > recent,
+        "cold users: hybrid {cold} <= recent popularity {recent}"
+    );
+    // Without cohorts, cold users get the recent list: the baseline exactly.
+    let t2 = env.json(&[
+        "train",
+        "--dataset",
+        "dataset_1",
+        "--algo",
+        "hybrid",
+        "--cohorts",
+        "none",
+        "--json",
+    ]);
+    let plain = t2["model"].as_str().expect("model").to_string();
+    let e2 = env.json(&["evaluate", "--model", &plain, "--json"]);
+    assert_eq!(
+        e2["by_segment"]["cold"]["ndcg_at_20"].as_f64(),
+        Some(recent)
+    );
+
+    // Served. Cold users are those with no event in the training part:
+    // every rating after the 80 % time quantile.
+    let inter = std::fs::read_to_string(format!("{}/ml-100k.inter", crate::common::ml100k()))
+        .expect("ratings");
+    let mut first: std::collections::HashMap<u32, i64> = Default::default();
+    let mut times = Vec::new();
+    for l in inter.lines().skip(1) {
+        let f: Vec<&str> = l.split('\t').collect();
+        let (u, t): (u32, i64) = (f[0].parse().expect("user"), f[3].parse().expect("time"));
+        times.push(t);
+        let e = first.entry(u).or_insert(t);
+        *e = (*e).min(t);
+    }
+    times.sort_unstable();
+    let cutoff = times[times.len() * 8 / 10];
+    let users = String::from_utf8(env.read("data/dataset_1/users.csv")).expect("utf8");
+    let band = |age: u32| match age {
+        0..=17 => 0,
+        18..=24 => 1,
+        25..=34 => 2,
+        35..=44 => 3,
+        45..=49 => 4,
+        50..=55 => 5,
+        _ => 6,
+    };
+    let cold_users: Vec<(u32, u32)> = users
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .filter(|(u, _)| first.get(u).is_some_and(|t| *t > cutoff))
+        .collect();
+    assert!(cold_users.len() > 100, "{} cold users", cold_users.len());
+    env.write("config.json", format!(r#"{{"default": "{model}"}}"#));
+    let srv = crate::common::serve(&env);
+    let global = answer(srv.port, 4_000_000); // no attributes: the global list
+    let mut by_band: std::collections::BTreeMap<u32, std::collections::BTreeSet<String>> =
+        Default::default();
+    for (user, age) in &cold_users {
+        by_band
+            .entry(band(*age))
+            .or_default()
+            .insert(answer(srv.port, *user));
+    }
+    srv.stop();
+    for (b, answers) in &by_band {
+        assert_eq!(
+            answers.len(),
+            1,
+            "band {b}: cold users answered differently"
+        );
+    }
+    let lists: std::collections::BTreeSet<&String> =
+        by_band.values().flat_map(|a| a.iter()).collect();
+    assert!(
+        lists.len() >= 3,
+        "{} distinct lists over {} bands",
+        lists.len(),
+        by_band.len()
+    );
+    assert!(
+        by_band.values().any(|a| !a.contains(&global)),
+        "every band got the global list"
+    );
 }
