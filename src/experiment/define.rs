@@ -866,6 +866,50 @@ pub fn user_attrs(ws: &Workspace, exp: &Experiment, user: u64) -> Option<UserAtt
     None
 }
 
+/// The experiment behind a logged answer: which one, which arm, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteExplained {
+    pub experiment: String,
+    pub arm: &'static str,
+    pub model: String,
+    pub why: String,
+    /// The experiment's run record at its latest revision.
+    pub run: String,
+}
+
+/// The experiment whose rule routed `route` for `user` at `time_ms`, if any
+/// (for `recsys lineage` of a request).
+pub fn explain_route(
+    ws: &Workspace,
+    route: &str,
+    user: u64,
+    time_ms: i64,
+) -> Result<Option<RouteExplained>> {
+    for (e, run) in list(ws)? {
+        let Some(arm) = e.arm_of_label(route) else {
+            continue;
+        };
+        if !e.running_at(time_ms) {
+            continue;
+        }
+        let attrs = user_attrs(ws, &e, user);
+        let a = e.assign(user, attrs.as_ref());
+        let model = if arm == "control" {
+            &e.control
+        } else {
+            &e.treatment
+        };
+        return Ok(Some(RouteExplained {
+            experiment: e.name.clone(),
+            arm,
+            model: model.clone(),
+            why: a.why,
+            run,
+        }));
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

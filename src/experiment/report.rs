@@ -380,13 +380,7 @@ fn power_figures(exp: &Experiment, m: &[stats::Moments; 2], observed: [u64; 2]) 
     } else {
         (None, None)
     };
-    let users_needed = if sigma > 0.0 && a.mean > 0.0 {
-        let d = exp.planned_lift * a.mean / sigma;
-        let n1 = stats::sample_size(d, ratio, exp.alpha, exp.power);
-        n1.is_finite().then(|| (n1 * (1.0 + ratio)).ceil() as u64)
-    } else {
-        None
-    };
+    let users_needed = stats::users_needed(a, exp.planned_lift, ratio, exp.alpha, exp.power);
     let users = observed[0] + observed[1];
     let planned_users = exp.planned_users.or(users_needed);
     Power {

@@ -439,6 +439,26 @@ pub fn sample_size(d: f64, ratio: f64, alpha: f64, target: f64) -> f64 {
     solve_increasing(|n| power(d, n, ratio, alpha), target, 1e-9, hi)
 }
 
+/// Users (both arms) a two-sided test at `alpha` needs to detect a
+/// relative `lift` of the control's rate with probability `target`, the
+/// treatment getting `ratio` users per control user; planned from the
+/// control's per-user variance. `None` when the control has no spread or
+/// no conversions.
+pub fn users_needed(
+    control: &Moments,
+    lift: f64,
+    ratio: f64,
+    alpha: f64,
+    target: f64,
+) -> Option<u64> {
+    let sigma = control.variance.max(0.0).sqrt();
+    if sigma <= 0.0 || control.mean <= 0.0 || lift <= 0.0 || ratio <= 0.0 {
+        return None;
+    }
+    let n1 = sample_size(lift * control.mean / sigma, ratio, alpha, target);
+    n1.is_finite().then(|| (n1 * (1.0 + ratio)).ceil() as u64)
+}
+
 /// CUPED (regression adjustment with a pre-experiment covariate) of a
 /// per-user metric, as `gbstats`' `RegressionAdjustedStatistic` with the
 /// pooled θ of `compute_theta`.

@@ -295,6 +295,44 @@ fn experiments_are_versioned_run_records_that_own_a_checked_rule() {
         );
     }
 
+    // `recsys lineage` of an answer the experiment's rule routed names the
+    // experiment, the arm and why (user 42 at 10:05, in the first period).
+    let (m42, label42) = r.route(42, None).expect("routed");
+    // The served-by line must start with its key (the reader looks for it).
+    let served = format!(
+        "{{\"recsys_served\":0,{}",
+        &serde_json::json!({
+            "model": models[m42], "model_digest": "m".repeat(64), "dataset": "dataset_1",
+            "dataset_digest": "d".repeat(64), "train_run": "r".repeat(64),
+            "code_commit": "c".repeat(40), "config_digest": "f".repeat(64),
+        })
+        .to_string()[1..]
+    );
+    let request = serde_json::json!({
+        "id": "01900000-0000-8000-8000-000000000042", "time": T0 + 10 * 3_600_000 + 5 * MIN,
+        "user": 42, "served": 0, "route": label42.to_string(), "status": "ok",
+        "latency_us": 1_000, "items": ["a+1999"],
+    });
+    env.write(
+        "log/requests/open-seg-test.jsonl",
+        format!(
+            "{}\n{served}\n{request}\n",
+            r#"{"recsys_log_segment":2,"name":"seg-test","host":"h","opened":1767312000000}"#
+        ),
+    );
+    let l = env.json(&["lineage", "01900000-0000-8000-8000-000000000042", "--json"]);
+    assert_eq!(l["experiment"]["experiment"], "ab1", "{l}");
+    assert_eq!(l["experiment"]["model"], models[m42].as_str());
+    assert!(
+        l["experiment"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("hash position")),
+        "{l}"
+    );
+    let text = env.ok(&["lineage", "01900000-0000-8000-8000-000000000042"]);
+    assert!(text.contains("experiment: ab1, arm "), "{text}");
+    std::fs::remove_file(env.path("log/requests/open-seg-test.jsonl")).expect("rm segment");
+
     // The definitions are run records in the store: a lost lineage.db
     // loses none of them.
     std::fs::remove_file(env.path("lineage.db")).expect("rm lineage.db");
