@@ -34,7 +34,11 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 enum Sub {
     Create(CreateArgs),
+    /// Restart a stopped experiment: its rule goes back into config.json
+    /// (same salt and rule, so every user returns to the same arm).
     Start(NameArgs),
+    /// Stop an experiment: its rule leaves config.json (its users go back
+    /// to the other rules) and its running period closes.
     Stop(NameArgs),
     List(ListArgs),
     Show(ShowArgs),
@@ -89,6 +93,7 @@ struct CreateArgs {
     planned_lift: f64,
     #[command(flatten)]
     config: ConfigArg,
+    /// Print JSON.
     #[arg(long)]
     json: bool,
 }
@@ -100,14 +105,12 @@ struct ConfigArg {
     config: PathBuf,
 }
 
-/// `start` puts a stopped experiment's rule back (same salt and rule, so
-/// every user returns to the same arm); `stop` takes it out of config.json
-/// (its users go back to the other rules) and closes the period.
 #[derive(clap::Args, Debug)]
 struct NameArgs {
     name: String,
     #[command(flatten)]
     config: ConfigArg,
+    /// Print JSON.
     #[arg(long)]
     json: bool,
 }
@@ -115,6 +118,7 @@ struct NameArgs {
 /// List experiments with their state, arms and split.
 #[derive(clap::Args, Debug)]
 struct ListArgs {
+    /// Print JSON.
     #[arg(long)]
     json: bool,
 }
@@ -132,12 +136,15 @@ struct ShowArgs {
     /// RFC 3339 / ISO-8601 UTC time or Unix ms (with --user).
     #[arg(long, requires = "user")]
     at: Option<String>,
+    /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
-/// The A/B report: per arm users, answers, converted, rate and 95 % CI
-/// (user-level ratio, delta method); the effect (absolute and relative
+/// The A/B report of an experiment, and its decision.
+///
+/// Per arm: users, answers, converted, rate and 95 % CI (user-level ratio,
+/// delta method); the effect (absolute and relative
 /// lift, CIs, p-value; Welch t on users); sample-ratio mismatch (χ²: warn
 /// at p < 0.01, alert at p < 0.001); minimum detectable effect and the
 /// users still needed; guardrails (p95 latency bound, non-inferiority of
@@ -158,8 +165,10 @@ struct ReportArgs {
     /// Only answers from this time on: RFC 3339 / ISO-8601 UTC or Unix ms.
     #[arg(long)]
     since: Option<String>,
+    /// Always-valid intervals and p-values (safe to look every hour).
     #[arg(long)]
     sequential: bool,
+    /// Add the CUPED-adjusted effect (pre-experiment watch activity).
     #[arg(long)]
     cuped: bool,
     /// Write the cumulative-conversion plot (SVG) here.
@@ -167,6 +176,8 @@ struct ReportArgs {
     plot: Option<PathBuf>,
     #[command(flatten)]
     db: DbArg,
+    /// Print one JSON object (`arms`, `effect`, `srm`, `power`,
+    /// `guardrails`, `decision`, ...).
     #[arg(long)]
     json: bool,
 }

@@ -657,6 +657,137 @@ fn timeline(closed: &[Closed], alpha: f64) -> Vec<TimelinePoint> {
 mod tests {
     use super::*;
 
+    fn exp() -> Experiment {
+        Experiment {
+            recsys_experiment: 1,
+            name: "x".into(),
+            control: "model_v1".into(),
+            treatment: "model_v2".into(),
+            split: super::super::define::Split::Hash {
+                treatment_percent: 50.0,
+                buckets: [0, 100],
+            },
+            salt: "s".into(),
+            rule: "exp-x".into(),
+            metric: "ctr10_1h".into(),
+            guardrails: vec![],
+            planned_users: None,
+            planned_lift: 0.05,
+            alpha: 0.05,
+            power: 0.8,
+            created_ms: 0,
+            periods: vec![],
+        }
+    }
+
+    fn effect(absolute: f64, p_value: f64) -> Option<Effect> {
+        Some(Effect {
+            absolute,
+            relative: absolute / 0.3,
+            ci: [absolute - 0.01, absolute + 0.01],
+            relative_ci: [0.0, 0.0],
+            p_value,
+            relative_p_value: p_value,
+            sequential: false,
+        })
+    }
+
+    fn srm(flag: &'static str) -> SrmFigures {
+        SrmFigures {
+            p_value: Some(0.5),
+            flag,
+            chi2: Some(0.0),
+            observed: [100, 100],
+            expected: Some([50.0, 50.0]),
+        }
+    }
+
+    fn power(remaining: Option<u64>) -> Power {
+        Power {
+            alpha: 0.05,
+            power: 0.8,
+            mde_absolute: None,
+            mde_relative: None,
+            planned_lift: 0.05,
+            users_needed: None,
+            planned_users: None,
+            users: 200,
+            users_remaining: remaining,
+        }
+    }
+
+    fn guard(ok: bool) -> GuardrailFigures {
+        GuardrailFigures {
+            metric: "error_rate",
+            limit: 0.01,
+            control: Some(0.0),
+            treatment: Some(0.0),
+            difference: Some(0.0),
+            upper: Some(0.0),
+            p_value: Some(0.0),
+            non_inferior: ok,
+            explain: String::new(),
+        }
+    }
+
+    #[test]
+    fn ship_only_on_a_significant_gain_with_every_guardrail_non_inferior() {
+        let e = exp();
+        let v = |eff, s, g: &[GuardrailFigures], p| decide(&e, &eff, &s, g, &p).0;
+        assert_eq!(
+            v(
+                effect(0.02, 0.001),
+                srm("ok"),
+                &[guard(true)],
+                power(Some(0))
+            ),
+            Verdict::Ship
+        );
+        // A guardrail not shown non-inferior blocks the ship.
+        assert_eq!(
+            v(
+                effect(0.02, 0.001),
+                srm("ok"),
+                &[guard(true), guard(false)],
+                power(Some(0))
+            ),
+            Verdict::KeepRunning
+        );
+        // Significantly worse: roll back, guardrails or not.
+        assert_eq!(
+            v(effect(-0.02, 0.001), srm("ok"), &[], power(Some(5))),
+            Verdict::RollBack
+        );
+        // A broken split: no decision at all.
+        assert_eq!(
+            v(effect(0.02, 0.001), srm("alert"), &[], power(Some(0))),
+            Verdict::CheckSplit
+        );
+        // A warning does not stop the decision.
+        assert_eq!(
+            v(effect(0.02, 0.001), srm("warn"), &[], power(Some(0))),
+            Verdict::Ship
+        );
+        // Not significant: keep running until the planned size, then no effect.
+        assert_eq!(
+            v(effect(0.02, 0.2), srm("ok"), &[], power(Some(50))),
+            Verdict::KeepRunning
+        );
+        assert_eq!(
+            v(effect(0.02, 0.2), srm("ok"), &[], power(Some(0))),
+            Verdict::NoEffect
+        );
+        assert_eq!(
+            v(None, srm("ok"), &[], power(Some(0))),
+            Verdict::KeepRunning
+        );
+        let (_, line) = decide(&e, &effect(0.02, 0.00001), &srm("ok"), &[], &power(Some(0)));
+        assert!(
+            line.starts_with("ship model_v2: ctr10_1h +6.67 % (p < 0.0001)"),
+            "{line}"
+        );
+    }
+
     #[test]
     fn labels_are_quoted_for_sql() {
         assert_eq!(

@@ -390,13 +390,16 @@ fn watch(t: i64, user: u64, movie: &str) -> String {
     .to_line()
 }
 
-/// Feed `users` users' answers (routed by the project's config) and
-/// watches into the project's monitor.db. Treatment answers convert with
-/// probability `p[1]`, control ones with `p[0]`. Returns the raw answers.
-fn feed(env: &Env, users: u64, p: [f64; 2], seed: u64) -> Vec<AnswerIn> {
+/// A message for the monitor: (time, is a request record, payload).
+type Msg = (i64, bool, String);
+
+/// `users` users' answers (routed by the project's config) and watches, in
+/// time order. Treatment answers convert with probability about `p[1]`,
+/// control ones `p[0]`. Returns the messages and the raw answers.
+fn generate(env: &Env, users: u64, p: [f64; 2], seed: u64) -> (Vec<Msg>, Vec<AnswerIn>) {
     let (router, models) = router(env);
     let mut r = Lcg(seed);
-    let mut msgs: Vec<(i64, bool, String)> = Vec::new(); // (time, is_request, payload)
+    let mut msgs: Vec<Msg> = Vec::new();
     let mut raw = Vec::new();
     let mut id = 1u128;
     let mut movie = 0u64;
@@ -491,10 +494,14 @@ fn feed(env: &Env, users: u64, p: [f64; 2], seed: u64) -> Vec<AnswerIn> {
     };
     msgs.push((end, true, serde_json::to_string(&tick).expect("json")));
     msgs.sort_by_key(|m| (m.0, m.1));
-    let sink = recsys::monitor::sqlite::SqliteSink::open(&env.path("monitor.db")).expect("db");
-    let mut mon = Monitor::open(Box::new(sink), JoinConfig::default()).expect("monitor");
+    (msgs, raw)
+}
+
+/// Feed the messages through the monitor's join into `sink`.
+fn feed(sink: Box<dyn recsys::monitor::Sink>, msgs: &[Msg]) {
+    let mut mon = Monitor::open(sink, JoinConfig::default()).expect("monitor");
     let (mut s_off, mut r_off) = (0, 0);
-    for (_, is_req, payload) in &msgs {
+    for (_, is_req, payload) in msgs {
         if *is_req {
             let pos = Position {
                 source: "requests:recsys-requests".into(),
@@ -514,7 +521,6 @@ fn feed(env: &Env, users: u64, p: [f64; 2], seed: u64) -> Vec<AnswerIn> {
         }
     }
     mon.flush().expect("flush");
-    raw
 }
 
 /// Per arm (users, answers, converted, rate, ci) recomputed plainly from
@@ -586,7 +592,9 @@ fn report_matches_a_recomputation_from_the_raw_stream_and_detects_the_effect() {
     );
     let err = env.fails(2, &["experiment", "report", "ab"]);
     assert!(err.contains("experiment ab has no exposures"), "{err}");
-    let raw = feed(&env, 3000, [0.25, 0.33], 11);
+    let (msgs, raw) = generate(&env, 3000, [0.25, 0.33], 11);
+    let sqlite = recsys::monitor::sqlite::SqliteSink::open(&env.path("monitor.db")).expect("db");
+    feed(Box::new(sqlite), &msgs);
     let rep = env.json(&[
         "experiment",
         "report",
@@ -693,6 +701,32 @@ fn report_matches_a_recomputation_from_the_raw_stream_and_detects_the_effect() {
         ],
     );
     assert!(err.contains("no exposures"), "{err}");
+    // The same input in PostgreSQL gives the same report.
+    let conn = crate::monitor::pg_schema("experiment");
+    let pg = recsys::monitor::postgres::PgSink::connect(&conn).expect("postgres sink");
+    feed(Box::new(pg), &msgs);
+    let on_pg = env.json(&[
+        "experiment",
+        "report",
+        "ab",
+        "--json",
+        "--cuped",
+        "--db",
+        &conn,
+    ]);
+    crate::monitor::drop_schema(&conn);
+    for key in [
+        "arms",
+        "effect",
+        "srm",
+        "power",
+        "guardrails",
+        "cuped",
+        "decision",
+        "timeline",
+    ] {
+        assert_eq!(on_pg[key], rep[key], "{key}: PostgreSQL vs SQLite");
+    }
     // Text output has the decision line.
     let text = env.ok(&["experiment", "report", "ab"]);
     assert!(
