@@ -664,6 +664,21 @@ fn commit(
     }
 }
 
+/// Held while an experiment changes: two `create`s at once must not both
+/// pass the name and overlap checks, nor interleave their config rewrites.
+fn lock(ws: &Workspace) -> Result<std::fs::File> {
+    use crate::fs_error::IoContext;
+    let p = ws.root().join(".recsys").join("experiments.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .ctx("open lock", &p)?;
+    f.lock().ctx("lock", &p)?;
+    Ok(f)
+}
+
 fn check_no_overlap(ws: &Workspace, exp: &Experiment) -> Result<()> {
     for (other, _) in list(ws)? {
         if other.name == exp.name || other.state() != ExperimentState::Running {
@@ -708,6 +723,7 @@ pub fn create(
             "--planned-lift must be a positive share (0.05 = +5 %)".into(),
         ));
     }
+    let _lock = lock(ws)?;
     if list(ws)?.iter().any(|(e, _)| e.name == o.name) {
         return Err(ExperimentError::Duplicate(o.name.clone()));
     }
@@ -761,6 +777,7 @@ pub fn stop(
     name: &str,
     progress: &dyn Progress,
 ) -> Result<Changed> {
+    let _lock = lock(ws)?;
     let mut exp = get(ws, name)?;
     if exp.state() == ExperimentState::Stopped {
         return Err(ExperimentError::State {
@@ -798,6 +815,7 @@ pub fn start(
     name: &str,
     progress: &dyn Progress,
 ) -> Result<Changed> {
+    let _lock = lock(ws)?;
     let mut exp = get(ws, name)?;
     if exp.state() == ExperimentState::Running {
         return Err(ExperimentError::State {

@@ -735,3 +735,69 @@ fn report_matches_a_recomputation_from_the_raw_stream_and_detects_the_effect() {
         "{text}"
     );
 }
+
+#[test]
+fn concurrent_creates_on_the_same_users_let_exactly_one_through() {
+    let env = project();
+    let children: Vec<std::process::Child> = (0..4)
+        .map(|i| {
+            env.cmd(&[
+                "experiment",
+                "create",
+                &format!("race{i}"),
+                "--control",
+                "model_v1",
+                "--treatment",
+                "model_v2",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn recsys")
+        })
+        .collect();
+    let mut won = 0;
+    for c in children {
+        let o = c.wait_with_output().expect("wait");
+        if o.status.success() {
+            won += 1;
+        } else {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains("would overlap running experiment race"),
+                "{err}"
+            );
+        }
+    }
+    assert_eq!(won, 1);
+    let cfg = config::parse(&env.read("config.json")).expect("valid");
+    let exp_rules = cfg
+        .rules
+        .iter()
+        .filter(|r| r.name.starts_with("exp-race"))
+        .count();
+    assert_eq!(exp_rules, 1, "{cfg:?}");
+    let list = env.json(&["experiment", "list", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+
+    // An invalid config.json is refused and left exactly as it was.
+    env.write(
+        "config.json",
+        "{\"default\": \"model_v1\", \"colour\": 1}\n",
+    );
+    refused(
+        &env,
+        &[
+            "experiment",
+            "create",
+            "other",
+            "--control",
+            "model_v1",
+            "--treatment",
+            "model_v3",
+            "--buckets",
+            "0-1",
+        ],
+        "is invalid",
+    );
+}
