@@ -668,6 +668,10 @@ fn commit(
 /// pass the name and overlap checks, nor interleave their config rewrites.
 fn lock(ws: &Workspace) -> Result<std::fs::File> {
     use crate::fs_error::IoContext;
+    if ws.git().is_some() {
+        // Machine-local, like lineage.db: never committed.
+        ws.ensure_ignored(ws.root(), &["/.recsys/experiments.lock"])?;
+    }
     let p = ws.root().join(".recsys").join("experiments.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)

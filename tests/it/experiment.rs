@@ -397,6 +397,17 @@ type Msg = (i64, bool, String);
 /// time order. Treatment answers convert with probability about `p[1]`,
 /// control ones `p[0]`. Returns the messages and the raw answers.
 fn generate(env: &Env, users: u64, p: [f64; 2], seed: u64) -> (Vec<Msg>, Vec<AnswerIn>) {
+    generate_with(env, users, p, seed, |_| None)
+}
+
+/// [`generate`], routing each user with the attributes `attrs` gives.
+fn generate_with(
+    env: &Env,
+    users: u64,
+    p: [f64; 2],
+    seed: u64,
+    attrs: impl Fn(u64) -> Option<config::UserAttrs>,
+) -> (Vec<Msg>, Vec<AnswerIn>) {
     let (router, models) = router(env);
     let mut r = Lcg(seed);
     let mut msgs: Vec<Msg> = Vec::new();
@@ -408,8 +419,9 @@ fn generate(env: &Env, users: u64, p: [f64; 2], seed: u64) -> (Vec<Msg>, Vec<Ans
         format!("movie+{movie}+2001")
     };
     for user in 1..=users {
-        let (m, label) = router.route(user, None).expect("routed");
-        let arm = if label.ends_with("split[0]") { 0 } else { 1 };
+        let a = attrs(user);
+        let (m, label) = router.route(user, a.as_ref()).expect("routed");
+        let arm = usize::from(!(label.ends_with("split[0]") || label.ends_with("-control")));
         // Pre-experiment activity, correlated with how often the user converts.
         let taste = r.unit();
         let before = (taste * 24.0) as i64;
@@ -779,6 +791,9 @@ fn concurrent_creates_on_the_same_users_let_exactly_one_through() {
     assert_eq!(exp_rules, 1, "{cfg:?}");
     let list = env.json(&["experiment", "list", "--json"]);
     assert_eq!(list.as_array().map(Vec::len), Some(1));
+    // The lock is machine-local: git does not see it.
+    let status = env.git(&["status", "--porcelain", "--untracked-files=all"]);
+    assert!(!status.contains("experiments.lock"), "{status}");
 
     // An invalid config.json is refused and left exactly as it was.
     env.write(
@@ -800,4 +815,45 @@ fn concurrent_creates_on_the_same_users_let_exactly_one_through() {
         ],
         "is invalid",
     );
+}
+
+#[test]
+fn an_attribute_split_is_reported_as_not_randomised() {
+    let env = project();
+    ok_at(
+        &env,
+        CREATED,
+        &[
+            "experiment",
+            "create",
+            "women",
+            "--control",
+            "model_v1",
+            "--treatment",
+            "model_v2",
+            "--by",
+            "gender=F",
+        ],
+    );
+    let cfg = config::parse(&env.read("config.json")).expect("valid");
+    assert_eq!(cfg.rules[0].name, "exp-women");
+    assert_eq!(cfg.rules[1].name, "exp-women-control");
+    let gender = |u: u64| {
+        Some(config::UserAttrs {
+            gender: Some(if u.is_multiple_of(3) { "F" } else { "M" }.into()),
+            ..config::UserAttrs::default()
+        })
+    };
+    let (msgs, raw) = generate_with(&env, 900, [0.3, 0.3], 5, gender);
+    let sqlite = recsys::monitor::sqlite::SqliteSink::open(&env.path("monitor.db")).expect("db");
+    feed(Box::new(sqlite), &msgs);
+    let rep = env.json(&["experiment", "report", "women", "--json"]);
+    let want = recompute(&raw);
+    assert_eq!(rep["randomised"], false);
+    assert_eq!(rep["arms"][0]["users"], want[0].0, "{}", rep["arms"]);
+    assert_eq!(rep["arms"][1]["users"], want[1].0);
+    assert_eq!(want[1].0, 300, "every third user is F");
+    assert_eq!(rep["arms"][1]["converted"], want[1].2);
+    assert_eq!(rep["srm"]["flag"], "not_randomised");
+    assert!(rep["srm"]["p_value"].is_null());
 }
