@@ -857,3 +857,53 @@ fn an_attribute_split_is_reported_as_not_randomised() {
     assert_eq!(rep["srm"]["flag"], "not_randomised");
     assert!(rep["srm"]["p_value"].is_null());
 }
+
+#[test]
+fn a_clone_that_pulls_knows_the_experiments_and_their_arms() {
+    let env = project();
+    env.add_origin();
+    ok_at(
+        &env,
+        CREATED,
+        &[
+            "experiment",
+            "create",
+            "ab",
+            "--control",
+            "model_v1",
+            "--treatment",
+            "model_v2",
+            "--split",
+            "20",
+        ],
+    );
+    env.commit("experiment ab");
+    env.ok(&["push"]);
+    let clone = env.tmp.path().join("clone");
+    let o = crate::common::git_cmd(env.tmp.path())
+        .args([
+            "clone",
+            "-q",
+            env.root.to_str().expect("utf-8"),
+            clone.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("git clone");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = |args: &[&str]| {
+        let o = env.cmd_in(&clone, args).output().expect("spawn");
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    run(&["init"]);
+    run(&["pull", "--json"]);
+    let mine = env.json(&["experiment", "show", "ab", "--user", "7", "--json"]);
+    let theirs = run(&["experiment", "show", "ab", "--user", "7", "--json"]);
+    assert_eq!(theirs["experiment"], mine["experiment"], "{theirs}");
+    assert_eq!(theirs["user"], mine["user"]);
+    assert_eq!(theirs["state"], "running");
+}
