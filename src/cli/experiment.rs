@@ -158,11 +158,12 @@ struct ShowArgs {
 /// 7 days before the start.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  recsys experiment report ab1\n  recsys experiment report ab1 --json --plot report.svg\n  recsys experiment report ab1 --sequential --cuped --db postgres://postgres@127.0.0.1/test"
+    after_help = "Examples:\n  recsys experiment report ab1\n  recsys experiment report ab1 --json --plot report.svg --since 24h\n  recsys experiment report ab1 --sequential --cuped --db postgres://postgres@127.0.0.1/test"
 )]
 struct ReportArgs {
     name: String,
-    /// Only answers from this time on: RFC 3339 / ISO-8601 UTC or Unix ms.
+    /// Only answers from this time on: RFC 3339 / ISO-8601 UTC, Unix ms, or
+    /// a duration (2h, 7d) back from the newest minute in the database.
     #[arg(long)]
     since: Option<String>,
     /// Always-valid intervals and p-values (safe to look every hour).
@@ -420,8 +421,19 @@ fn show(s: ShowArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
 fn report_cmd(r: ReportArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let ws = ctx.open()?;
     let exp = define::get(&ws, &r.name)?;
-    let since_ms = r.since.as_deref().map(time_arg).transpose()?;
     let mut sink = open_sink(&r.db, ctx)?;
+    let since_ms = match r.since.as_deref() {
+        None => None,
+        // A duration counts back from the newest minute in the database,
+        // as `recsys monitor report --since` does.
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) => {
+                let until = crate::monitor::report::until_ms(sink.as_mut())?;
+                Some(until - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
+            }
+            Err(_) => Some(time_arg(s)?),
+        },
+    };
     let rep = report::report(
         sink.as_mut(),
         &exp,

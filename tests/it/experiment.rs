@@ -701,6 +701,12 @@ fn report_matches_a_recomputation_from_the_raw_stream_and_detects_the_effect() {
     let w = |r: &serde_json::Value| f(&r["effect"]["ci"][1]) - f(&r["effect"]["ci"][0]);
     assert!(w(&seq) > w(&rep));
     assert_eq!(seq["effect"]["sequential"], true);
+    // --since as a duration counts back from the newest data (the tick at
+    // T0 + 24 h): 30 h covers everything, 1 h nothing of the experiment.
+    let all = env.json(&["experiment", "report", "ab", "--json", "--since", "30h"]);
+    assert_eq!(all["arms"], rep["arms"]);
+    let err = env.fails(2, &["experiment", "report", "ab", "--since", "1h"]);
+    assert!(err.contains("no exposures"), "{err}");
     // --since after every answer: nothing left to report.
     let err = env.fails(
         2,
