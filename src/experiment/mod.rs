@@ -15,12 +15,12 @@
 //!
 //! The core prints nothing and reads no environment.
 
-pub mod define;
-pub mod plot;
-pub mod report;
+pub(crate) mod define;
+pub(crate) mod plot;
+pub(crate) mod report;
 pub mod stats;
 
-pub use define::{Experiment, ExperimentState, Split};
+pub(crate) use define::ExperimentState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
