@@ -12,6 +12,7 @@
 #[allow(clippy::print_stderr)]
 pub mod cli;
 pub mod dataset;
+pub mod experiment;
 pub mod failpoint;
 pub mod fs_error;
 pub mod ingest;

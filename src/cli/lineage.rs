@@ -82,7 +82,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             i64::try_from(user).map_err(|_| anyhow::anyhow!("--user {user} is out of range"))?;
         return match ws.request_lineage_near(user, at_ms)? {
             Some(r) => {
-                show_requests(&[r], a.json)?;
+                show_requests(&ws, &[r], a.json)?;
                 Ok(ExitCode::SUCCESS)
             }
             None => {
@@ -98,7 +98,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     if let Ok(id) = uuid::Uuid::try_parse(what.trim()) {
         let found = ws.request_lineage(&id.hyphenated().to_string())?;
         if !found.is_empty() {
-            show_requests(&found, a.json)?;
+            show_requests(&ws, &found, a.json)?;
             return Ok(ExitCode::SUCCESS);
         }
         // Not logged (or not here): our ids say what answered.
@@ -247,15 +247,36 @@ fn show_unlogged(u: &crate::serve::unlogged::UnloggedAnswer, json: bool) -> anyh
     Ok(())
 }
 
-fn show_requests(found: &[crate::workspace::RequestLineage], json: bool) -> anyhow::Result<()> {
+fn show_requests(
+    ws: &crate::workspace::Workspace,
+    found: &[crate::workspace::RequestLineage],
+    json: bool,
+) -> anyhow::Result<()> {
+    // The experiment (if any) whose rule routed each answer.
+    let mut experiments = Vec::new();
+    for l in found {
+        let r = &l.request;
+        let user = u64::try_from(r.user).unwrap_or(0);
+        experiments.push(crate::experiment::define::explain_route(
+            ws, &r.route, user, r.time,
+        )?);
+    }
     if json {
-        return if found.len() == 1 {
-            super::print_json(&found[0])
+        let mut v = Vec::new();
+        for (l, e) in found.iter().zip(&experiments) {
+            let mut x = serde_json::to_value(l)?;
+            if let (Some(e), Some(o)) = (e, x.as_object_mut()) {
+                o.insert("experiment".into(), serde_json::to_value(e)?);
+            }
+            v.push(x);
+        }
+        return if v.len() == 1 {
+            super::print_json(&v[0])
         } else {
-            super::print_json(&found)
+            super::print_json(&v)
         };
     }
-    for l in found {
+    for (l, e) in found.iter().zip(&experiments) {
         let r = &l.request;
         let s = &r.served;
         outln!("request {}", r.id)?;
@@ -271,6 +292,15 @@ fn show_requests(found: &[crate::workspace::RequestLineage], json: bool) -> anyh
             r.route,
             &s.config_digest[..s.config_digest.len().min(12)]
         )?;
+        if let Some(e) = e {
+            outln!(
+                "  experiment: {}, arm {} ({}): {}",
+                e.experiment,
+                e.arm,
+                e.model,
+                e.why
+            )?;
+        }
         outln!("  items:      {}", r.items.join(","))?;
         show_served(s, l.model.as_ref(), l.dataset.as_ref())?;
         show_tail(&l.restore, &l.notes)?;

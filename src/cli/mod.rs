@@ -23,6 +23,7 @@ mod checkout;
 mod config;
 mod diff;
 mod evaluate;
+mod experiment;
 mod forget;
 mod gc;
 mod import;
@@ -96,6 +97,7 @@ enum Command {
     Serve(serve::Args),
     Config(config::Args),
     Monitor(monitor::Args),
+    Experiment(experiment::Args),
 }
 
 /// What every subcommand gets.
@@ -300,6 +302,7 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a, &ctx),
         Command::Config(a) => config::run(a, &ctx),
         Command::Monitor(a) => monitor::run(a, &ctx),
+        Command::Experiment(a) => experiment::run(a, &ctx),
     };
     // A status line that could not be written fails the command too.
     let res = match (res, take_stdout_error()) {

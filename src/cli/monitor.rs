@@ -103,7 +103,7 @@ pub struct RunArgs {
 }
 
 #[derive(clap::Args, Debug)]
-struct DbArg {
+pub(crate) struct DbArg {
     /// postgres://user@host:port/db (or a key=value connection string);
     /// default: monitor.db (SQLite) in the project.
     #[arg(long, value_name = "URL")]
@@ -146,7 +146,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The sink `--db` names (or the project's SQLite file).
-fn open_sink(db: &DbArg, ctx: &Ctx) -> anyhow::Result<Box<dyn Sink + Send>> {
+pub(crate) fn open_sink(db: &DbArg, ctx: &Ctx) -> anyhow::Result<Box<dyn Sink + Send>> {
     match &db.db {
         Some(url)
             if url.starts_with("postgres://")

@@ -457,7 +457,7 @@ pub(crate) fn trained_on(
 
 /// The users table of a dataset directory artifact, when it has one.
 #[allow(clippy::type_complexity)]
-fn read_users(
+pub(crate) fn read_users(
     ws: &Workspace,
     dataset: &Digest,
 ) -> Result<Option<(HashMap<u64, UserAttrs>, usize)>, String> {

@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod erasure;
+mod experiment;
 mod ingest;
 mod models;
 mod monitor;

@@ -355,7 +355,7 @@ fn psql(sql: &str) -> String {
 }
 
 /// A fresh schema; the connection string that uses it.
-fn pg_schema(name: &str) -> String {
+pub(crate) fn pg_schema(name: &str) -> String {
     require_postgres();
     let schema = format!("mon_test_{name}_{}", std::process::id());
     psql(&format!(
@@ -367,7 +367,7 @@ fn pg_schema(name: &str) -> String {
     )
 }
 
-fn drop_schema(conn: &str) {
+pub(crate) fn drop_schema(conn: &str) {
     if let Some(s) = conn.split("application_name=").nth(1) {
         let s = s.split_whitespace().next().unwrap_or_default();
         psql(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"));
