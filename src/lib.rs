@@ -28,4 +28,5 @@ pub mod serve;
 pub mod store;
 pub mod stream;
 pub mod text;
+pub mod user_filter;
 pub mod workspace;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use super::Ctx;
 use crate::model::{Algo, SplitKind};
 use crate::pipeline::{self, DEFAULT_TEST_FRACTION, TrainOptions};
+use crate::user_filter::UserFilter;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum AlgoArg {
@@ -41,7 +42,7 @@ enum SplitArg {
 /// MovieLens 100K.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  recsys train --dataset dataset_1\n  recsys train --dataset dataset_1 --algo svd --split random --seed 7 --json\n  recsys train --dataset dataset_1 --algo recent --half-life 7d\n  recsys train --dataset dataset_1 --algo ease --lambda 300"
+    after_help = "Examples:\n  recsys train --dataset dataset_1\n  recsys train --dataset dataset_1 --algo svd --split random --seed 7 --json\n  recsys train --dataset dataset_1 --algo recent --half-life 7d\n  recsys train --dataset dataset_1 --algo ease --lambda 300\n  recsys train --dataset dataset_1 --users-where gender=F --users-where age=25-34"
 )]
 pub struct Args {
     /// The dataset: version name, digest (prefix) or path.
@@ -49,6 +50,13 @@ pub struct Args {
     dataset: String,
     #[command(flatten)]
     flags: Flags,
+    /// Train on one group's events only, chosen by the users table of the
+    /// dataset: attribute=value with attribute gender, age or occupation;
+    /// alternatives joined by |, conditions by , (or repeat the flag), all
+    /// must hold. Ages are inclusive: 30, 18-24, 50+, <18, >=65. Gender and
+    /// occupation ignore case. Recorded in the run, so `reproduce` repeats it.
+    #[arg(long, value_name = "ATTR=VALUE")]
+    users_where: Vec<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -122,13 +130,17 @@ impl Flags {
                 SplitArg::Random => SplitKind::Random,
             },
             test_fraction: a.test_fraction,
+            users_where: None,
         }
     }
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let ws = ctx.open()?;
-    let o = a.flags.options(&a.dataset);
+    let mut o = a.flags.options(&a.dataset);
+    if !a.users_where.is_empty() {
+        o.users_where = Some(UserFilter::parse(&a.users_where)?);
+    }
     let r = pipeline::train(&ws, &o, &ctx.progress())?;
     if a.json {
         super::print_json(&r)?;
@@ -156,6 +168,9 @@ pub(crate) fn report(ctx: &Ctx, r: &pipeline::TrainReport) {
         s.split_seed,
         r.fit_seconds
     ));
+    if let (Some(f), Some(n)) = (&s.users_where, r.group_users) {
+        ctx.say(format!("users where {f}: {n} users in the group"));
+    }
     ctx.say(format!(
         "registered {} as {} ({})",
         r.path,

@@ -120,7 +120,7 @@ fn training_part(
         return Ok(None);
     };
     let ds = ws.load_dataset(&ds_art)?;
-    let (data, names) = ds.interactions()?;
+    let (data, names, _) = settings.interactions(&ds, &ds_art.name)?;
     if names != item_names {
         return Ok(None);
     }

@@ -70,6 +70,8 @@ pub enum PipelineError {
          move it away or `recsys add` it, then retry"
     )]
     Occupied { path: String },
+    #[error(transparent)]
+    UsersWhere(#[from] crate::user_filter::FilterError),
     #[error("{0}")]
     Invalid(String),
 }

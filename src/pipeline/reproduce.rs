@@ -94,7 +94,7 @@ pub fn reproduce(ws: &Workspace, model_q: &str) -> Result<ReproduceReport> {
         },
     };
     let ds = ws.load_dataset(&ds_art)?;
-    let f = fit(&ds, &settings, &art.name)?;
+    let f = fit(&ds, &ds_art.name, &settings, &art.name)?;
     let recorded = model::content_digest(&model, &header);
     let retrained = model::content_digest(
         &f.model,

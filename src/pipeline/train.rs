@@ -11,6 +11,7 @@ use crate::dataset::Dataset;
 use crate::model::{self, Algo, Header, Interaction, Model, Params, SplitKind};
 use crate::progress::Progress;
 use crate::store::Digest;
+use crate::user_filter::{FilterError, UserFilter};
 use crate::workspace::{Kind, Output, RunSpec, Workspace, write_atomic_new};
 
 /// What the user asks for; unset values take the algorithm's defaults.
@@ -36,6 +37,8 @@ pub struct TrainOptions {
     pub seed: Option<u64>,
     pub split: SplitKind,
     pub test_fraction: f64,
+    /// Train on this group's events only (`--users-where`).
+    pub users_where: Option<UserFilter>,
 }
 
 pub const DEFAULT_SEED: u64 = 42;
@@ -53,6 +56,11 @@ pub struct TrainSettings {
     /// rayon threads used (results do not depend on it; recorded so a
     /// reproduction uses the same).
     pub threads: usize,
+    /// Only the events of the users this selects (by the dataset's users
+    /// table) are split and trained on. Absent in runs without a filter,
+    /// so their recorded parameters are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_where: Option<UserFilter>,
 }
 
 impl TrainSettings {
@@ -142,7 +150,35 @@ impl TrainSettings {
             test_fraction: o.test_fraction,
             split_seed: seed,
             threads: threads.max(1),
+            users_where: o.users_where.clone(),
         })
+    }
+
+    /// The dataset's interactions this training reads: all of them, or
+    /// those of the `users_where` group (an empty group, or one without
+    /// events, is an error naming `dataset`). Item names are always the
+    /// whole dataset's, so a group's model scores the same catalogue.
+    /// Also returns the group's size.
+    pub(crate) fn interactions(
+        &self,
+        ds: &Dataset,
+        dataset: &str,
+    ) -> Result<(Vec<Interaction>, Vec<String>, Option<usize>)> {
+        let (mut data, names) = ds.interactions()?;
+        let Some(f) = &self.users_where else {
+            return Ok((data, names, None));
+        };
+        let group = f.select(&ds.users, dataset)?;
+        data.retain(|i| group.contains(&u64::from(i.user)));
+        if data.is_empty() {
+            return Err(FilterError::NoEvents {
+                filter: f.to_string(),
+                dataset: dataset.to_string(),
+                users: group.len(),
+            }
+            .into());
+        }
+        Ok((data, names, Some(group.len())))
     }
 
     /// The (train, test) parts of a dataset's interactions.
@@ -196,6 +232,8 @@ pub(crate) struct Fitted {
     pub train: Vec<Interaction>,
     pub test: Vec<Interaction>,
     pub fit_seconds: f64,
+    /// Users in the `--users-where` group.
+    pub group_users: Option<usize>,
 }
 
 /// The reason of a parameter error, without the parameter's name.
@@ -227,9 +265,10 @@ pub(crate) fn cohort_keys(ds: &Dataset, params: &Params) -> std::collections::Ha
         .collect()
 }
 
-/// Split `ds` and fit on the training part with `s.threads` threads.
-pub(crate) fn fit(ds: &Dataset, s: &TrainSettings, label: &str) -> Result<Fitted> {
-    let (data, item_names) = ds.interactions()?;
+/// Split `ds` (called `dataset` in messages) and fit on the training part
+/// with `s.threads` threads; `label` names the model in messages.
+pub(crate) fn fit(ds: &Dataset, dataset: &str, s: &TrainSettings, label: &str) -> Result<Fitted> {
+    let (data, item_names, group_users) = s.interactions(ds, dataset)?;
     let (train, test) = s.split(&data)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(s.threads)
@@ -256,6 +295,7 @@ pub(crate) fn fit(ds: &Dataset, s: &TrainSettings, label: &str) -> Result<Fitted
         train,
         test,
         fit_seconds: start.elapsed().as_secs_f64(),
+        group_users,
     })
 }
 
@@ -273,6 +313,9 @@ pub struct TrainReport {
     pub users: usize,
     pub items: usize,
     pub fit_seconds: f64,
+    /// Users of the `--users-where` group (the filter is in `settings`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_users: Option<usize>,
     /// Digest of the model's weights and parameters (see
     /// [`model::content_digest`]); what `reproduce` compares.
     pub content_digest: String,
@@ -306,7 +349,7 @@ pub fn train(ws: &Workspace, o: &TrainOptions, progress: &dyn Progress) -> Resul
     let settings = TrainSettings::from_options(o, rayon::current_num_threads())?;
     let ds_art = find(ws, &o.dataset, Kind::Dataset)?;
     let ds = ws.load_dataset(&ds_art)?;
-    let f = fit(&ds, &settings, &o.dataset)?;
+    let f = fit(&ds, &ds_art.name, &settings, &o.dataset)?;
 
     let header = Header {
         dataset_digest: ds_art.digest.hex(),
@@ -336,6 +379,9 @@ pub fn train(ws: &Workspace, o: &TrainOptions, progress: &dyn Progress) -> Resul
         "train_interactions": f.train.len(),
         "test_interactions": f.test.len(),
     });
+    if let (Some(n), Some(m)) = (f.group_users, spec.metrics.as_object_mut()) {
+        m.insert("group_users".into(), n.into());
+    }
     spec.inputs = vec![artifact_ref(&ds_art)];
     let out = Output {
         path: path.clone(),
@@ -364,6 +410,7 @@ pub fn train(ws: &Workspace, o: &TrainOptions, progress: &dyn Progress) -> Resul
         users: f.model.n_users(),
         items: f.model.n_items(),
         fit_seconds: f.fit_seconds,
+        group_users: f.group_users,
         settings,
     })
 }

@@ -798,3 +798,139 @@ fn real_movielens_100k_meets_the_quality_targets() {
     let r = env.json(&["reproduce", "model_v2", "--json"]);
     assert_eq!(r["match"], true);
 }
+
+/// The user ids a model file knows.
+fn model_users(env: &Env, rel: &str) -> Vec<u32> {
+    let bytes = env.read(rel);
+    let (_, m) = recsys::model::load(&bytes[..]).expect("load model");
+    m.user_ids().to_vec()
+}
+
+#[test]
+fn train_users_where_trains_on_one_group_and_reproduces_it() {
+    let env = Env::new();
+    // Users: even ids F, odd M; age 18 + id % 40; all students.
+    synthetic(&env, "data/synth", 60, 1_700_000_000_000, 3);
+    env.ok(&["add", "data/synth", "--kind", "dataset"]);
+    env.commit("dataset");
+
+    let t = env.json(&[
+        "train",
+        "--dataset",
+        "dataset_1",
+        "--users-where",
+        "gender=f",
+        "--json",
+    ]);
+    assert_eq!(t["group_users"], 30);
+    assert_eq!(
+        t["settings"]["users_where"],
+        serde_json::json!({"gender": ["f"]})
+    );
+    let users = model_users(&env, "models/model_v1.bin");
+    assert!(!users.is_empty());
+    assert!(
+        users.iter().all(|u| u % 2 == 0),
+        "only women's events were trained on: {users:?}"
+    );
+    // Combined conditions, two flags and a comma: ages 20-29 among women.
+    let t = env.json(&[
+        "train",
+        "--dataset",
+        "dataset_1",
+        "--users-where",
+        "gender=F,age=20-29",
+        "--users-where",
+        "occupation=Student",
+        "--json",
+    ]);
+    let group: Vec<u64> = (1..=60u64)
+        .filter(|id| id % 2 == 0 && (20..=29).contains(&(18 + id % 40)))
+        .collect();
+    assert_eq!(t["group_users"], group.len());
+    let users = model_users(&env, "models/model_v2.bin");
+    assert!(
+        users.iter().all(|u| group.contains(&u64::from(*u))),
+        "{users:?} not within {group:?}"
+    );
+    let text = env.ok(&[
+        "train",
+        "--dataset",
+        "dataset_1",
+        "--algo",
+        "popularity",
+        "--users-where",
+        "age=50+",
+    ]);
+    assert!(
+        text.contains("users where age=50+: 8 users in the group"),
+        "{text}"
+    );
+
+    // The filter is in the run record: reproduce repeats it bit for bit,
+    // and evaluate scores the group's own held-out part.
+    let run = env.json(&["lineage", "model_v2", "--json"]);
+    assert_eq!(
+        run["run"]["params"]["users_where"],
+        serde_json::json!({"gender": ["F"], "age": [{"min": 20, "max": 29}], "occupation": ["Student"]})
+    );
+    assert_eq!(run["run"]["metrics"]["group_users"], group.len());
+    for m in ["model_v1", "model_v2", "model_v3"] {
+        let r = env.json(&["reproduce", m, "--json"]);
+        assert_eq!(r["match"], true, "{m}: {r}");
+        assert!(r["settings"]["users_where"].is_object(), "{r}");
+    }
+    let e = env.json(&["evaluate", "--model", "model_v1", "--json"]);
+    assert_eq!(e["mode"], "holdout");
+    let all = env.json(&["train", "--dataset", "dataset_1", "--json"]);
+    assert!(all["settings"].get("users_where").is_none(), "{all}");
+    assert!(all["group_users"].is_null());
+    let e_all = env.json(&["evaluate", "--model", "model_v4", "--json"]);
+    assert!(
+        e["test_interactions"].as_u64() < e_all["test_interactions"].as_u64(),
+        "the group's test part is smaller: {} vs {}",
+        e["test_interactions"],
+        e_all["test_interactions"]
+    );
+    let users = model_users(&env, "models/model_v4.bin");
+    assert!(users.iter().any(|u| u % 2 == 1));
+}
+
+#[test]
+fn train_users_where_refuses_bad_input_and_writes_nothing() {
+    let env = Env::new();
+    synthetic(&env, "data/synth", 30, 1_700_000_000_000, 1);
+    env.ok(&["add", "data/synth", "--kind", "dataset"]);
+    let cases: [(&str, &str); 7] = [
+        ("zip=01002", "unknown user attribute \"zip\""),
+        ("gender", "is not attribute=value"),
+        ("gender=F,gender=M", "gender is given twice"),
+        ("age=40-20", "bad age \"40-20\""),
+        (
+            "gender=X",
+            "gender \"X\" matches none of dataset_1's users (gender values there: F, M)",
+        ),
+        (
+            "occupation=studnet",
+            "occupation \"studnet\" matches none of dataset_1's users",
+        ),
+        (
+            "gender=M,age=90+",
+            "--users-where gender=M,age=90+ matches none of dataset_1's 30 users (ages there: 19-48)",
+        ),
+    ];
+    for (arg, want) in cases {
+        let err = env.fails(
+            2,
+            &["train", "--dataset", "dataset_1", "--users-where", arg],
+        );
+        assert!(err.contains(want), "{arg}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    assert!(!env.path("models").join("model_v1.bin").exists());
+    assert!(
+        env.json(&["ls", "--kind", "model", "--json"])
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    );
+}
