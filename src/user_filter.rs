@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::UserInfo;
 
-/// Oldest age a range may name (the router's checker has the same bound).
-const MAX_AGE: u32 = 200;
+/// Oldest age a range may name (here and in the router's rules).
+pub(crate) const MAX_AGE: u32 = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
@@ -84,7 +84,7 @@ pub struct AgeRange {
 }
 
 impl AgeRange {
-    fn contains(&self, age: u32) -> bool {
+    pub(crate) fn contains(&self, age: u32) -> bool {
         self.min.is_none_or(|lo| age >= lo) && self.max.is_none_or(|hi| age <= hi)
     }
 }

@@ -610,6 +610,29 @@ fn checked(path: &Path, value: &serde_json::Value) -> Result<Vec<u8>> {
     Ok(out.into_bytes())
 }
 
+/// `value` (the config `cfg` was parsed from) with the experiment's rules
+/// in front, checked and serialised; refused when a rule of that name is
+/// already there.
+fn with_rules(
+    config_path: &Path,
+    cfg: &config::RouterConfig,
+    value: &mut serde_json::Value,
+    exp: &Experiment,
+) -> Result<Vec<u8>> {
+    let names = exp.rule_names();
+    if let Some(r) = cfg.rules.iter().find(|r| names.contains(&r.name)) {
+        return Err(config_error(
+            config_path,
+            &format!("it already has a rule named {}", r.name),
+        ));
+    }
+    let rules = rules_mut(value).ok_or_else(|| config_error(config_path, "no rules list"))?;
+    for (i, r) in exp.rules_json().into_iter().enumerate() {
+        rules.insert(i, r);
+    }
+    checked(config_path, value)
+}
+
 fn rules_mut(value: &mut serde_json::Value) -> Option<&mut Vec<serde_json::Value>> {
     let obj = value.as_object_mut()?;
     obj.entry("rules")
@@ -756,21 +779,7 @@ pub fn create(
         }],
     };
     check_no_overlap(ws, &exp)?;
-    if let Some(r) = cfg
-        .rules
-        .iter()
-        .find(|r| exp.rule_names().contains(&r.name))
-    {
-        return Err(config_error(
-            config_path,
-            &format!("it already has a rule named {}", r.name),
-        ));
-    }
-    let rules = rules_mut(&mut value).ok_or_else(|| config_error(config_path, "no rules list"))?;
-    for (i, r) in exp.rules_json().into_iter().enumerate() {
-        rules.insert(i, r);
-    }
-    let new = checked(config_path, &value)?;
+    let new = with_rules(config_path, &cfg, &mut value, &exp)?;
     commit(ws, config_path, &old, &new, &exp, "create", progress)
 }
 
@@ -841,21 +850,7 @@ pub fn start(
             ),
         ));
     }
-    if let Some(r) = cfg
-        .rules
-        .iter()
-        .find(|r| exp.rule_names().contains(&r.name))
-    {
-        return Err(config_error(
-            config_path,
-            &format!("it already has a rule named {}", r.name),
-        ));
-    }
-    let rules = rules_mut(&mut value).ok_or_else(|| config_error(config_path, "no rules list"))?;
-    for (i, r) in exp.rules_json().into_iter().enumerate() {
-        rules.insert(i, r);
-    }
-    let new = checked(config_path, &value)?;
+    let new = with_rules(config_path, &cfg, &mut value, &exp)?;
     let now = ws.now_ms();
     let start = exp
         .periods

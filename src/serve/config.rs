@@ -29,6 +29,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::user_filter::MAX_AGE;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -95,15 +96,9 @@ impl OneOrMany {
     }
 }
 
-/// Inclusive bounds; either may be left out.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgeRange {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<u32>,
-}
+/// Inclusive bounds; either may be left out (the type `--users-where`
+/// parses too).
+pub use crate::user_filter::AgeRange;
 
 /// Hash buckets `from..to` out of 100.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -607,11 +602,11 @@ impl Checker {
                 let mut bound = |k: &str| -> Option<u64> {
                     let x = am.get(k)?;
                     match x.as_u64() {
-                        Some(n) if n <= 200 => Some(n),
+                        Some(n) if n <= u64::from(MAX_AGE) => Some(n),
                         _ => {
                             self.bad(
                                 &format!("{ap}.{k}"),
-                                format!("expected an age 0-200, found {x}"),
+                                format!("expected an age 0-{MAX_AGE}, found {x}"),
                             );
                             None
                         }
@@ -915,9 +910,7 @@ impl Router {
         }
         if let Some(range) = &w.age {
             match attrs.and_then(|a| a.age) {
-                Some(age)
-                    if range.min.is_none_or(|lo| age >= lo)
-                        && range.max.is_none_or(|hi| age <= hi) => {}
+                Some(age) if range.contains(age) => {}
                 _ => return false,
             }
         }
