@@ -344,12 +344,14 @@ impl Watcher {
                         d.config_digest.short(),
                         d.model_names().join(", ")
                     );
-                    self.state.record_reload(Ok(()));
                     // Durably named in the log before its first answer.
                     if let Some(log) = &self.state.log {
                         log.announce(&d);
                     }
                     self.state.swap(d);
+                    // After the swap: a `/health` that says `ok` names
+                    // what is now served, never the deployment before it.
+                    self.state.record_reload(Ok(()));
                     failing = None;
                 }
                 Err(e) => {

@@ -463,9 +463,11 @@ async fn broken_config_missing_model_and_digest_mismatch_keep_the_last_good() {
     let st2 = st.clone();
     tokio::task::spawn_blocking(move || {
         wait_for("the good config", Duration::from_secs(5), || {
+            // Swapped, then recorded: wait for both.
             st2.deployment
                 .load_full()
                 .is_some_and(|d| d.model_names() == ["model_v2"])
+                && st2.reload.load_full().ok
         })
     })
     .await
