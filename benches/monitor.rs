@@ -47,6 +47,16 @@ impl Sink for Null {
     fn rows(&mut self, _: &str, _: &[i64]) -> Result<Vec<Vec<Value>>, MonitorError> {
         Ok(Vec::new())
     }
+    fn announce_running(&mut self) -> Result<(), MonitorError> {
+        Ok(())
+    }
+    fn erase_user(
+        &mut self,
+        _: i64,
+        _: bool,
+    ) -> Result<recsys::monitor::erase::UserRows, MonitorError> {
+        Ok(Default::default())
+    }
 }
 
 struct Lcg(u64);

@@ -107,7 +107,7 @@ pub(crate) struct DbArg {
     /// postgres://user@host:port/db (or a key=value connection string);
     /// default: monitor.db (SQLite) in the project.
     #[arg(long, value_name = "URL")]
-    db: Option<String>,
+    pub(crate) db: Option<String>,
 }
 
 /// Print the monitoring figures: per model version (or arm), stream
@@ -322,7 +322,10 @@ fn run_monitor(a: RunArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         lookback_ms: ms(a.lookback),
         ..JoinConfig::default()
     };
-    let sink = open_sink(&a.db, ctx)?;
+    let mut sink = open_sink(&a.db, ctx)?;
+    // So `recsys forget` can tell a monitor is writing (and warn that the
+    // user's answers still open are written when their windows close).
+    sink.announce_running()?;
     let started = Instant::now();
     let mut mon = Monitor::open(sink, cfg)?;
     let restored = mon.counters();

@@ -21,6 +21,7 @@
 //!
 //! The core prints nothing and reads no environment.
 
+pub mod erase;
 pub mod http;
 pub mod join;
 pub mod postgres;

@@ -22,6 +22,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 use super::MonitorError;
+use super::erase::{PG_RUNNING_APP, USER_TABLES, UserRows, bad_line_user};
 use super::sink::{
     Batch, Checkpoint, MinuteCounts, Offset, REPLAY_SQL, Replayed, SMALL_TABLES, Sink,
     TABLE_COLUMNS, Value, checkpoint_json, replayed,
@@ -36,6 +37,9 @@ pub struct PgSink {
     timescale: bool,
     /// (table, day) partitions known to exist.
     days: HashSet<(&'static str, i64)>,
+    /// This is the running monitor job: every session it opens carries
+    /// [`PG_RUNNING_APP`] and its schema as `application_name`.
+    running: bool,
 }
 
 /// The URL without its password, for messages.
@@ -65,6 +69,7 @@ impl PgSink {
             client: None,
             timescale: false,
             days: HashSet::new(),
+            running: false,
         };
         s.client()?;
         s.create()?;
@@ -91,6 +96,11 @@ impl PgSink {
                 // The error shows up on the client's next call.
                 let _ = conn.await;
             });
+            if self.running {
+                self.rt
+                    .block_on(client.execute(SET_RUNNING_APP, &[]))
+                    .map_err(|e| self.err(e))?;
+            }
             self.client = Some(client);
         }
         self.client
@@ -100,12 +110,12 @@ impl PgSink {
 
     fn run<T>(
         &mut self,
-        f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+        f: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, MonitorError> {
         self.client()?;
         let PgSink { rt, client, .. } = self;
         let c = client
-            .as_ref()
+            .as_mut()
             .ok_or(MonitorError::Runtime("no client".into()))?;
         let r = rt.block_on(f(c));
         match r {
@@ -687,7 +697,78 @@ impl Sink for PgSink {
             Ok(rows.iter().map(pg_values).collect())
         })
     }
+
+    fn announce_running(&mut self) -> Result<(), MonitorError> {
+        self.running = true;
+        self.run(async |c| c.execute(SET_RUNNING_APP, &[]).await.map(|_| ()))
+    }
+
+    fn erase_user(&mut self, user: i64, dry_run: bool) -> Result<UserRows, MonitorError> {
+        let db = self.describe();
+        let me = self.running;
+        let mut out = self.run(async move |c| {
+            let tx = c.transaction().await?;
+            let others: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                       AND application_name = $1 || ':' || current_schema()",
+                    &[&PG_RUNNING_APP],
+                )
+                .await?
+                .get(0);
+            let mut out = UserRows {
+                db,
+                monitor_running: !me && others > 0,
+                ..UserRows::default()
+            };
+            for t in USER_TABLES {
+                let n = if dry_run {
+                    let n: i64 = tx
+                        .query_one(
+                            &format!("SELECT count(*) FROM {t} WHERE user_id = $1"),
+                            &[&user],
+                        )
+                        .await?
+                        .get(0);
+                    n as u64
+                } else {
+                    tx.execute(&format!("DELETE FROM {t} WHERE user_id = $1"), &[&user])
+                        .await?
+                };
+                out.tables.insert(t.to_string(), n);
+            }
+            let bad: Vec<tokio_postgres::Row> = tx
+                .query("SELECT ctid::text, text FROM mon_bad", &[])
+                .await?;
+            let ctids: Vec<String> = bad
+                .iter()
+                .filter(|r| bad_line_user(r.get::<_, &str>(1)) == Some(user))
+                .map(|r| r.get::<_, String>(0))
+                .collect();
+            out.bad_lines = ctids.len() as u64;
+            if !dry_run {
+                tx.execute("DELETE FROM mon_bad WHERE ctid::text = ANY($1)", &[&ctids])
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(out)
+        })?;
+        if !dry_run && out.total() > 0 {
+            // Dead tuples keep the bytes until vacuumed (outside a
+            // transaction); partitions are vacuumed through their parent.
+            let tables = USER_TABLES.join(", ");
+            out.scrubbed = self
+                .run(async move |c| c.batch_execute(&format!("VACUUM {tables}, mon_bad")).await)
+                .is_ok();
+        }
+        Ok(out)
+    }
 }
+
+/// Tags this session as the running monitor of its schema.
+const SET_RUNNING_APP: &str =
+    "SELECT set_config('application_name', 'recsys-monitor:' || current_schema(), false)";
 
 #[cfg(test)]
 mod tests {

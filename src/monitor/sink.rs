@@ -395,6 +395,18 @@ pub trait Sink {
 
     /// Run a read-only query (`$n` placeholders, integer arguments).
     fn rows(&mut self, sql: &str, args: &[i64]) -> Result<Vec<Vec<Value>>, super::MonitorError>;
+
+    /// Mark this connection as the running `recsys monitor` job, so that
+    /// [`Sink::erase_user`] elsewhere can tell one is writing.
+    fn announce_running(&mut self) -> Result<(), super::MonitorError>;
+
+    /// Count (`dry_run`) or delete one user's rows in one transaction, then
+    /// empty the freed pages (see [`super::erase`]).
+    fn erase_user(
+        &mut self,
+        user: i64,
+        dry_run: bool,
+    ) -> Result<super::erase::UserRows, super::MonitorError>;
 }
 
 /// The tables both backends create (PostgreSQL adds partitioning and BRIN

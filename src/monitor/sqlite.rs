@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::MonitorError;
+use super::erase::{USER_TABLES, UserRows, bad_line_user};
 use super::sink::{
     Batch, Checkpoint, Offset, REPLAY_SQL, Replayed, SMALL_TABLES, Sink, TABLE_COLUMNS, Value,
     checkpoint_json, minute_upsert, replayed, sqlite_placeholders,
@@ -14,6 +15,9 @@ use super::sink::{
 pub struct SqliteSink {
     path: PathBuf,
     conn: Connection,
+    /// The database file, share-locked (`flock`) while this is the running
+    /// monitor job: `forget` tries an exclusive lock to tell.
+    running: Option<std::fs::File>,
 }
 
 impl SqliteSink {
@@ -41,6 +45,7 @@ impl SqliteSink {
         Ok(SqliteSink {
             path: path.to_path_buf(),
             conn,
+            running: None,
         })
     }
 
@@ -154,6 +159,88 @@ impl Sink for SqliteSink {
             out.push(row_values(r, n).map_err(|e| self.err(e))?);
         }
         Ok(out)
+    }
+
+    fn announce_running(&mut self) -> Result<(), MonitorError> {
+        // flock, not SQLite's own (fcntl) locks: the two never interact.
+        let f = std::fs::File::open(&self.path)
+            .map_err(|e| MonitorError::Io(crate::fs_error::FsError::new("open", &self.path, e)))?;
+        let _ = f.try_lock_shared();
+        self.running = Some(f);
+        Ok(())
+    }
+
+    fn erase_user(&mut self, user: i64, dry_run: bool) -> Result<UserRows, MonitorError> {
+        let mut out = UserRows {
+            db: self.describe(),
+            monitor_running: self.running.is_none() && self.held_by_a_monitor(),
+            ..UserRows::default()
+        };
+        let path = self.path.clone();
+        let err = |e| MonitorError::Sqlite {
+            path: path.clone(),
+            source: e,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        for t in USER_TABLES {
+            let n = if dry_run {
+                tx.query_row(
+                    &format!("SELECT count(*) FROM {t} WHERE user_id = ?1"),
+                    [user],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(err)? as u64
+            } else {
+                tx.execute(&format!("DELETE FROM {t} WHERE user_id = ?1"), [user])
+                    .map_err(err)? as u64
+            };
+            out.tables.insert(t.to_string(), n);
+        }
+        let bad: Vec<i64> = {
+            let mut st = tx.prepare("SELECT rowid, text FROM mon_bad").map_err(err)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(err)?;
+            rows.into_iter()
+                .filter(|(_, text)| bad_line_user(text) == Some(user))
+                .map(|(id, _)| id)
+                .collect()
+        };
+        out.bad_lines = bad.len() as u64;
+        if !dry_run {
+            for id in &bad {
+                tx.execute("DELETE FROM mon_bad WHERE rowid = ?1", [id])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        if !dry_run && out.total() > 0 {
+            // The deleted rows' bytes stay in the WAL and in free pages
+            // until both are rewritten.
+            let busy: i64 = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(err)?;
+            self.conn.execute_batch("VACUUM").map_err(err)?;
+            let busy_after: i64 = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(err)?;
+            out.scrubbed = busy == 0 && busy_after == 0;
+        }
+        Ok(out)
+    }
+}
+
+impl SqliteSink {
+    /// Whether a monitor job holds the database file (see `running`).
+    fn held_by_a_monitor(&self) -> bool {
+        std::fs::File::open(&self.path)
+            .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
     }
 }
 

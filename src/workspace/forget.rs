@@ -301,13 +301,6 @@ impl Workspace {
                 before: report.forgotten_before.first().map(|d| d.short()),
             });
         }
-        if self.root.join("monitor.db").exists() {
-            report.warnings.push(
-                "monitor.db (recsys monitor's database) is not rewritten by forget: it may hold \
-                 the user's answers and events; delete it, or point monitor at a new database"
-                    .into(),
-            );
-        }
         report.index_rows_removed = index_rows;
 
         // Write the new objects (none on a dry run).

@@ -6,12 +6,19 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use recsys::monitor::sink::{Position, Sink};
+use recsys::monitor::{JoinConfig, Monitor};
+use recsys::segment::{RequestRecord, ServedBy};
+use recsys::stream::Event;
+
 use crate::common::{Env, serve};
 
 /// The user to forget, and byte patterns only their rows carry.
 const X: u32 = 4242;
 const X_USER_ROW: &str = "4242,77,F,zookeeper";
 const X_EVENT: &str = ",4242,movie+";
+/// In a malformed stream line of X's that the monitor keeps in `mon_bad`.
+const X_MON_BAD: &str = "bogus-monitored-4242";
 const X_QUARANTINE: &str = "bogus-canary-4242";
 
 /// A project whose `dataset_1` holds user X (events, a stream request,
@@ -111,6 +118,85 @@ fn audit_clean(env: &Env) {
 /// no file of the project or its remote holds a byte of X's requests or
 /// rows (lineage.db, its WAL, state.db, objects and log/ included), every
 /// other request still resolves and `audit` is clean.
+/// Rows in a monitoring database through the monitor's own join: X's
+/// answers `x_ids` (the ids the server gave), a watch that converts the
+/// first, a malformed line of X's, and user 1's answer `other`; then an
+/// hour later one more line on each source, so every window closes.
+fn monitor_rows(sink: Box<dyn Sink>, x_ids: &[String], other: &[String]) -> Monitor {
+    const T0: i64 = 1_767_312_000_000;
+    let mut m = Monitor::open(sink, JoinConfig::default()).expect("monitor");
+    let mut off = 0;
+    let mut pos = |source: &str| {
+        off += 1;
+        Position {
+            source: source.into(),
+            part: 0,
+            off,
+        }
+    };
+    let answer = |id: &str, time: i64, user: i64| RequestRecord {
+        id: id.to_string(),
+        time,
+        user,
+        served: ServedBy {
+            model: "model_v1".into(),
+            model_digest: "m".repeat(64),
+            dataset: "dataset_1".into(),
+            dataset_digest: "d".repeat(64),
+            train_run: "r".repeat(64),
+            code_commit: "c".repeat(40),
+            config_digest: "f".repeat(64),
+        },
+        route: "default".into(),
+        status: "ok".into(),
+        latency_us: 900,
+        items: vec!["movie+1+1990".into(), "movie+2+1990".into()],
+    };
+    for (k, id) in x_ids.iter().enumerate() {
+        m.request_record(pos("requests"), answer(id, T0 + k as i64 * 1000, X as i64));
+    }
+    m.request_record(pos("requests"), answer(&other[0], T0, 1));
+    let watch = |t: i64, user: u64| {
+        Event::Watch {
+            time_ms: t,
+            user,
+            movie: "movie+1+1990".to_string().into(),
+            minute: 0,
+        }
+        .to_line()
+    };
+    m.stream_message(pos("stream"), watch(T0 + 5_000, X as u64).as_bytes());
+    m.stream_message(pos("stream"), watch(T0 + 6_000, 1).as_bytes());
+    m.stream_message(
+        pos("stream"),
+        format!("2026-01-02T00:00:09,{X},GET /{X_MON_BAD}").as_bytes(),
+    );
+    let later = T0 + 2 * 3_600_000;
+    m.request_record(pos("requests"), answer(&other[1], later, 1));
+    m.stream_message(pos("stream"), watch(later, 1).as_bytes());
+    m.flush().expect("flush");
+    m
+}
+
+fn user_rows(sink: &mut dyn Sink, user: u32) -> i64 {
+    [
+        "mon_events",
+        "mon_answers",
+        "mon_answer_items",
+        "mon_outcomes",
+    ]
+    .iter()
+    .map(|t| {
+        sink.rows(
+            &format!("SELECT count(*) FROM {t} WHERE user_id = $1"),
+            &[user as i64],
+        )
+        .expect("count")[0][0]
+            .int()
+    })
+    .sum()
+}
+
 #[test]
 fn forget_leaves_no_byte_of_the_user_in_the_project_or_the_remote() {
     let env = project();
@@ -126,8 +212,17 @@ fn forget_leaves_no_byte_of_the_user_in_the_project_or_the_remote() {
     }
     s.stop();
     env.ok(&["push"]);
+    let db = recsys::monitor::sqlite::SqliteSink::open(&env.path("monitor.db")).expect("db");
+    let mut mon = monitor_rows(Box::new(db), &x_ids, &other_ids);
+    let x_rows = user_rows(mon.sink_mut(), X);
+    let others_before = user_rows(mon.sink_mut(), 1);
+    assert!(
+        x_rows >= 3 + 6 + 3,
+        "X's answers, items, outcomes: {x_rows}"
+    );
+    drop(mon);
     let mut needles: Vec<String> = x_ids.clone();
-    needles.extend([X_USER_ROW, X_EVENT, X_QUARANTINE].map(String::from));
+    needles.extend([X_USER_ROW, X_EVENT, X_QUARANTINE, X_MON_BAD].map(String::from));
     // The needles are there to be found: the grep can fail.
     let before = holders(&[&env.root, &remote], &needles);
     for n in &needles {
@@ -146,6 +241,7 @@ fn forget_leaves_no_byte_of_the_user_in_the_project_or_the_remote() {
 
     let dry = env.json(&["forget", "--user", &X.to_string(), "--dry-run", "--json"]);
     assert_eq!(dry["run"], serde_json::Value::Null);
+    assert_eq!(dry["monitor"][0]["tables"]["mon_answers"], 3, "{dry}");
     assert_eq!(env.read("data/dataset_1.recsys"), old_ptr, "dry run wrote");
 
     let r = env.json(&[
@@ -172,6 +268,21 @@ fn forget_leaves_no_byte_of_the_user_in_the_project_or_the_remote() {
     assert_eq!(ds["removed"]["events.csv"], 4, "{r}");
     assert_eq!(r["models_trained_on_erased"][0]["model"], "model_v1", "{r}");
     assert_eq!(r["lineage_scrubbed"], true, "{r}");
+    let mon = &r["monitor"][0];
+    assert_eq!(mon["tables"]["mon_answers"], 3, "{r}");
+    assert_eq!(mon["tables"]["mon_outcomes"], 3, "{r}");
+    assert_eq!(mon["tables"]["mon_events"], 1, "{r}");
+    assert_eq!(mon["bad_lines"], 1, "{r}");
+    assert_eq!(mon["monitor_running"], false, "{r}");
+    assert_eq!(mon["scrubbed"], true, "{r}");
+    let mut db = recsys::monitor::sqlite::SqliteSink::open(&env.path("monitor.db")).expect("db");
+    assert_eq!(user_rows(&mut db, X), 0);
+    assert_eq!(
+        user_rows(&mut db, 1),
+        others_before,
+        "other users' rows stay"
+    );
+    drop(db);
     let run = r["run"].as_str().expect("run id").to_string();
     // The pointer keeps its name and names the new bytes and the forget run.
     let ptr = String::from_utf8(env.read("data/dataset_1.recsys")).expect("utf8");
@@ -378,4 +489,98 @@ fn forgetting_an_unknown_user_says_so_and_changes_nothing() {
     assert!(err.contains("--requests-older-than"), "{err}");
     let err = env.fails(2, &["forget", "--user", "alice"]);
     assert!(err.contains("--user"), "{err}");
+}
+
+#[test]
+fn forget_reaches_a_postgres_monitoring_database_and_warns_while_a_monitor_writes() {
+    let env = project();
+    let conn = crate::monitor::pg_schema("forget");
+    let ids: Vec<String> = (1..=4u128)
+        .map(|i| uuid::Uuid::from_u128(i).hyphenated().to_string())
+        .collect();
+    let pg = recsys::monitor::postgres::PgSink::connect(&conn).expect("pg");
+    drop(monitor_rows(Box::new(pg), &ids[..2], &ids[2..]));
+    // A monitor job writing to each database, as `recsys monitor` does.
+    let mut writing = recsys::monitor::postgres::PgSink::connect(&conn).expect("pg");
+    writing.announce_running().expect("announce");
+    let sqlite = recsys::monitor::sqlite::SqliteSink::open(&env.path("monitor.db")).expect("db");
+    let mut local = monitor_rows(Box::new(sqlite), &ids[..2], &ids[2..]);
+    local.sink_mut().announce_running().expect("announce");
+    let ptr = env.read("data/dataset_1.recsys");
+
+    // An unreachable database fails the command before anything changes.
+    let err = env.fails(
+        2,
+        &[
+            "forget",
+            "--user",
+            &X.to_string(),
+            "--monitor-db",
+            "postgres://postgres@127.0.0.1:1/test",
+        ],
+    );
+    assert!(err.contains("PostgreSQL monitoring database"), "{err}");
+    assert_eq!(
+        env.read("data/dataset_1.recsys"),
+        ptr,
+        "a failed forget wrote"
+    );
+
+    // A dry run counts, names each database and warns about the monitors.
+    let out = env.run(&[
+        "forget",
+        "--user",
+        &X.to_string(),
+        "--monitor-db",
+        &conn,
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        said.matches("would remove from the monitoring database")
+            .count(),
+        2,
+        "{said}"
+    );
+    assert!(said.contains("2 in mon_answers"), "{said}");
+    assert_eq!(
+        stderr.matches("a `recsys monitor` is writing to").count(),
+        2,
+        "{stderr}"
+    );
+    let mut pg = recsys::monitor::postgres::PgSink::connect(&conn).expect("pg");
+    assert!(user_rows(&mut pg, X) > 0, "the dry run removed rows");
+
+    let out = env.run(&[
+        "forget",
+        "--user",
+        &X.to_string(),
+        "--monitor-db",
+        &conn,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mons = r["monitor"].as_array().expect("monitor");
+    assert_eq!(mons.len(), 2, "{r}");
+    for m in mons {
+        assert_eq!(m["tables"]["mon_answers"], 2, "{r}");
+        assert_eq!(m["bad_lines"], 1, "{r}");
+        assert_eq!(m["monitor_running"], true, "{r}");
+    }
+    assert_eq!(user_rows(&mut pg, X), 0);
+    assert!(user_rows(&mut pg, 1) > 0, "other users' rows stay");
+    assert_eq!(user_rows(local.sink_mut(), X), 0);
+
+    // Nothing left anywhere: forget says the user was forgotten.
+    drop(local);
+    drop(writing);
+    let err = env.fails(
+        2,
+        &["forget", "--user", &X.to_string(), "--monitor-db", &conn],
+    );
+    assert!(err.contains("forgotten already by run"), "{err}");
+    crate::monitor::drop_schema(&conn);
 }
