@@ -39,9 +39,11 @@
 //! # Memory
 //!
 //! State is bounded by the inputs of the last `window + lateness` (open
-//! answers) and `lookback + lateness` (per user and movie: the latest watch
-//! below the watermark and the watches at or above it). Everything older
-//! is evicted as the watermark advances. Movie ids and served-by labels
+//! answers) and `lookback + lateness` plus one minute (watches, kept per
+//! user as (time, movie) pairs of 16 bytes: an answer scans its user's
+//! few hundred, and a sweep each minute of event time drops those below
+//! `watermark − lookback`). Everything older is evicted as the watermark
+//! advances. Movie ids and served-by labels
 //! are interned (bounded by the catalogue and the model versions).
 //!
 //! # Stream recommendation lines
@@ -226,14 +228,16 @@ impl Open {
     }
 }
 
-#[derive(Default)]
-struct Hist {
-    /// Latest watch below the watermark (`i64::MIN`: none kept).
-    below: i64,
-    /// Watches at or above the watermark.
-    recent: Vec<i64>,
-    expiry_scheduled: bool,
+/// One kept watch of a user: when, and the interned movie.
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    time: i64,
+    movie: u32,
 }
+
+/// How far (event time) the watermark moves between two sweeps of the
+/// watch history: history holds at most this much more than it must.
+const SWEEP_MS: i64 = 60_000;
 
 struct PendingRec {
     time: i64,
@@ -257,9 +261,12 @@ pub struct Join {
     /// (close time, request id, slot): closes in an order that does not
     /// depend on slot numbers, which differ after a restart.
     closing: BinaryHeap<Reverse<(i64, u128, u32)>>,
-    hist: HashMap<(u64, u32), Hist>,
-    recent_q: BinaryHeap<Reverse<(i64, u64, u32)>>,
-    expiry_q: BinaryHeap<Reverse<(i64, u64, u32)>>,
+    /// Per user, their non-late watches at or after `watermark −
+    /// lookback` (and, until the next sweep, up to [`SWEEP_MS`] older):
+    /// all an answer at or above the watermark can need.
+    hist: HashMap<u64, Vec<Watched>>,
+    hist_len: usize,
+    swept_at: i64,
     pending: BinaryHeap<Reverse<(i64, u64)>>,
     pending_recs: HashMap<u64, PendingRec>,
     next_rec: u64,
@@ -289,8 +296,8 @@ impl Join {
             by_user: HashMap::new(),
             closing: BinaryHeap::new(),
             hist: HashMap::new(),
-            recent_q: BinaryHeap::new(),
-            expiry_q: BinaryHeap::new(),
+            hist_len: 0,
+            swept_at: i64::MIN,
             pending: BinaryHeap::new(),
             pending_recs: HashMap::new(),
             next_rec: 0,
@@ -322,9 +329,9 @@ impl Join {
         self.slots.len() - self.free.len()
     }
 
-    /// Entries of the per-user watch history now kept.
+    /// Watches now kept in the per-user history.
     pub fn history_len(&self) -> usize {
-        self.hist.len()
+        self.hist_len
     }
 
     /// Take what was emitted since the last call.
@@ -408,24 +415,6 @@ impl Join {
 
     fn on_watermark(&mut self) {
         let wm = self.marks.watermark;
-        // Watches fall below the watermark: keep only the latest per key.
-        while let Some(&Reverse((t, u, m))) = self.recent_q.peek() {
-            if t >= wm {
-                break;
-            }
-            self.recent_q.pop();
-            if let Some(h) = self.hist.get_mut(&(u, m)) {
-                if let Some(i) = h.recent.iter().position(|&x| x == t) {
-                    h.recent.swap_remove(i);
-                }
-                h.below = h.below.max(t);
-                if !h.expiry_scheduled {
-                    h.expiry_scheduled = true;
-                    self.expiry_q
-                        .push(Reverse((add(h.below, self.cfg.lookback_ms), u, m)));
-                }
-            }
-        }
         // Stream recommendation lines whose answers have all arrived.
         while let Some(&Reverse((due, key))) = self.pending.peek() {
             if due > wm {
@@ -445,24 +434,22 @@ impl Join {
             self.close(slot);
         }
         // History nobody can need any more: answers from now on are at or
-        // above the watermark and look back `lookback`.
-        while let Some(&Reverse((exp, u, m))) = self.expiry_q.peek() {
-            if exp >= wm {
-                break;
-            }
-            self.expiry_q.pop();
-            let Some(h) = self.hist.get_mut(&(u, m)) else {
-                continue;
-            };
-            if add(h.below, self.cfg.lookback_ms) >= wm {
-                self.expiry_q
-                    .push(Reverse((add(h.below, self.cfg.lookback_ms), u, m)));
-            } else if h.recent.is_empty() {
-                self.hist.remove(&(u, m));
-            } else {
-                h.expiry_scheduled = false;
-                h.below = i64::MIN;
-            }
+        // above the watermark and look back `lookback`. Swept as the
+        // watermark moves on by SWEEP_MS, so the cost per watch is a
+        // constant share of one pass.
+        if self.swept_at == i64::MIN || wm >= add(self.swept_at, SWEEP_MS) {
+            self.swept_at = wm;
+            let keep_from = wm.saturating_sub(self.cfg.lookback_ms);
+            let mut kept = 0;
+            self.hist.retain(|_, v| {
+                v.retain(|w| w.time >= keep_from);
+                if v.capacity() > 2 * v.len() + 4 {
+                    v.shrink_to_fit();
+                }
+                kept += v.len();
+                !v.is_empty()
+            });
+            self.hist_len = kept;
         }
     }
 
@@ -500,20 +487,18 @@ impl Join {
         }
         // Watches that arrived before the answer.
         let (w, l) = (self.cfg.window_ms, self.cfg.lookback_ms);
-        for r in 0..open.n as usize {
-            let Some(h) = self.hist.get(&(a.user, open.items[r])) else {
+        let t0 = a.time_ms;
+        for h in self.hist.get(&a.user).into_iter().flatten() {
+            let Some(r) = open.rank_of(h.movie) else {
                 continue;
             };
-            let mut times = h.recent.iter().copied().chain(Some(h.below));
-            let t0 = a.time_ms;
-            if times
-                .clone()
-                .any(|t| t != i64::MIN && t < t0 && t >= t0 - l)
-            {
+            if h.time < t0 && h.time >= t0 - l {
                 open.continued |= 1 << r;
-            }
-            if let Some(first) = times.by_ref().filter(|&t| t >= t0 && t < add(t0, w)).min() {
-                open.first_s[r] = secs(first - t0);
+            } else if h.time >= t0 && h.time < add(t0, w) {
+                let off = secs(h.time - t0);
+                if open.first_s[r] == NONE_S || off < open.first_s[r] {
+                    open.first_s[r] = off;
+                }
             }
         }
         let slot = match self.free.pop() {
@@ -558,12 +543,11 @@ impl Join {
                 }
             }
         }
-        let h = self.hist.entry((user, m)).or_insert_with(|| Hist {
-            below: i64::MIN,
-            ..Hist::default()
+        self.hist.entry(user).or_default().push(Watched {
+            time: time_ms,
+            movie: m,
         });
-        h.recent.push(time_ms);
-        self.recent_q.push(Reverse((time_ms, user, m)));
+        self.hist_len += 1;
         self.seen(Source::Stream, time_ms);
         Verdict { late: false }
     }
