@@ -555,6 +555,66 @@ impl S3Store {
         )))
     }
 
+    /// Create `rel` only if it does not exist; `Ok(false)` when it did.
+    pub(crate) fn create_named(&self, rel: &str, bytes: Vec<u8>) -> Result<bool> {
+        self.create(&self.key(rel), Bytes::from(bytes))
+            .map_err(|e| self.err(&format!("create {rel}"), &e))
+    }
+
+    pub(crate) fn get_named(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.key(rel);
+        match self.attempt(|| self.block_on(async { self.s3.get(&key).await?.bytes().await })) {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(&format!("get {rel}"), &e)),
+        }
+    }
+
+    /// Put this clone's roots list (`roots/<clone>.json`), unless the
+    /// same bytes went up last time (remembered in the project's cache).
+    pub(crate) fn put_roots(&self, clone: &str, bytes: Vec<u8>) -> Result<()> {
+        let sum = Digest::of(&bytes).hex();
+        let cache = self.cache_file("roots");
+        if let Some(c) = &cache
+            && std::fs::read_to_string(c).is_ok_and(|s| s.trim() == sum)
+        {
+            return Ok(());
+        }
+        let rel = format!("roots/{clone}.json");
+        let key = self.key(&rel);
+        let b = Bytes::from(bytes);
+        self.attempt(|| {
+            self.block_on(self.s3.put(&key, PutPayload::from(b.clone())))
+                .map(|_| ())
+        })
+        .map_err(|e| self.err(&format!("put {rel}"), &e))?;
+        if let Some(c) = cache {
+            if let Some(dir) = c.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(c, sum);
+        }
+        Ok(())
+    }
+
+    /// The newest gc marker seen when the cache was checked.
+    pub(crate) fn gc_epoch(&self) -> Result<String> {
+        let markers = self.list_named("gc")?;
+        Ok(markers
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .max()
+            .unwrap_or_default())
+    }
+
+    /// Drop the cache of what the remote holds (a gc ran meanwhile).
+    pub(crate) fn forget_cache(&self) {
+        if let Ok(mut s) = self.present.lock() {
+            s.clear();
+        }
+        self.rewrite_cache();
+    }
+
     pub(crate) fn delete_named(&self, rel: &str) -> Result<()> {
         let key = self.key(rel);
         match self.attempt(|| self.block_on(self.s3.delete(&key))) {

@@ -199,7 +199,39 @@ impl Workspace {
                  brings it back from a remote that has it)"
             )));
         }
-        let moved = remote::transfer(&self.store, &*remote, &phases, self.settings.jobs, progress)?;
+        // S3: this clone's roots go up before any object (gc --remote
+        // honours them), and a remote gc that runs meanwhile is noticed.
+        let epoch = match remote.as_s3() {
+            Some(s3) => {
+                let epoch = self.remote_gc_epoch(s3)?;
+                s3.put_roots(&self.clone_id()?, self.roots_object()?)?;
+                Some(epoch)
+            }
+            None => None,
+        };
+        let mut moved =
+            remote::transfer(&self.store, &*remote, &phases, self.settings.jobs, progress)?;
+        if let (Some(s3), Some(epoch)) = (remote.as_s3(), epoch)
+            && self.remote_gc_since(s3, &epoch)?
+        {
+            // What was skipped as present may have been collected: every
+            // object again (no directory skipped for its manifest), each
+            // looked up on the remote.
+            let mut all = Vec::new();
+            for phase in keep.phases(|_, _| true) {
+                let mut out = Vec::with_capacity(phase.len());
+                for d in phase {
+                    if self.store.contains(&d)? {
+                        out.push(d);
+                    }
+                }
+                all.push(out);
+            }
+            let again =
+                remote::transfer(&self.store, &*remote, &all, self.settings.jobs, progress)?;
+            moved.objects += again.objects;
+            moved.bytes += again.bytes;
+        }
         if !new_index.is_empty() {
             remote.index_append(&new_index)?;
         }

@@ -647,3 +647,193 @@ fn s3_push_and_pull_complete_through_503s_and_cut_connections() {
         String::from_utf8_lossy(&audit.stdout)
     );
 }
+
+// ----- gc --remote on a bucket shared by two projects -----
+
+fn digest_of(env: &Env, ptr: &str) -> String {
+    fs::read_to_string(env.path(ptr))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("digest: "))
+        .expect("digest in the pointer")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn s3_gc_remote_never_removes_what_another_clone_or_project_needs() {
+    let server = s3s_fs();
+    let a = project(&server.endpoint(), "shared");
+    let obj =
+        |p: &str, d: &str| server.file(BUCKET, &format!("{p}/objects/{}/{}", &d[..2], &d[2..]));
+    let ok = |dir: &Path, args: &[&str]| ok_in(&a, dir, args);
+
+    // Clone a: three versions of one file, each pushed; only v3 is named
+    // by a's work tree. Clone b (same project, another machine) stays at
+    // v1 and adds a model of its own.
+    let mut versions = Vec::new();
+    let add_version = |v: u64| {
+        a.write("data/x.csv", noise(v, 3000));
+        a.ok(&["add", "data/x.csv", "--kind", "dataset"]);
+        a.commit(&format!("v{v}"));
+        a.ok(&["push"]);
+        digest_of(&a, "data/x.csv.recsys")
+    };
+    versions.push(add_version(1));
+    let b = clone_of(&a, "b");
+    write_creds(&b, KEY, SECRET);
+    ok(&b, &["pull", "--json"]);
+    fs::create_dir_all(b.join("models")).unwrap();
+    fs::write(b.join("models/y.bin"), noise(50, 4000)).unwrap();
+    ok(&b, &["add", "models/y.bin", "--kind", "model"]);
+    for args in [&["add", "-A"][..], &["commit", "-q", "-m", "model"]] {
+        let o = git_cmd(a.tmp.path())
+            .args(args)
+            .current_dir(&b)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    ok(&b, &["push", "--json"]);
+    let y = fs::read_to_string(b.join("models/y.bin.recsys"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("digest: ").map(str::to_string))
+        .unwrap();
+    versions.push(add_version(2));
+    versions.push(add_version(3));
+    // Another project in the same bucket, under its own prefix.
+    let c = project(&server.endpoint(), "elsewhere");
+    c.write("c.csv", noise(77, 2000));
+    c.ok(&["add", "c.csv"]);
+    c.ok(&["push"]);
+    let c_obj = digest_of(&c, "c.csv.recsys");
+
+    // Default grace (24 h): nothing is old enough.
+    let dry = a.json(&["gc", "--remote", "--json"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["removed_objects"], 0, "{dry}");
+    assert!(dry["young_objects"].as_u64().unwrap() >= 1, "{dry}");
+    assert_eq!(dry["roots_objects"], 2, "both clones' roots: {dry}");
+
+    // Grace 0: only v2 is named by no clone; a dry run deletes nothing.
+    let dry = a.json(&["gc", "--remote", "origin", "--grace", "0s", "--json"]);
+    assert_eq!(dry["removed"], serde_json::json!([versions[1]]), "{dry}");
+    assert!(
+        obj("shared", &versions[1]).exists(),
+        "a dry run deletes nothing"
+    );
+    let done = a.json(&["gc", "--remote", "--grace", "0s", "--force", "--json"]);
+    assert_eq!(done["dry_run"], false);
+    assert_eq!(done["removed"], serde_json::json!([versions[1]]), "{done}");
+    assert!(!obj("shared", &versions[1]).exists());
+    for keep in [&versions[0], &versions[2], &y] {
+        assert!(obj("shared", keep).exists(), "{keep} is still named");
+    }
+    assert!(
+        obj("elsewhere", &c_obj).exists(),
+        "another project's prefix is never swept"
+    );
+    // The lock is gone and a second run (from the other clone) finds
+    // nothing more.
+    assert!(!server.file(BUCKET, "shared/locks/gc").exists());
+    let again = ok(
+        &b,
+        &["gc", "--remote", "--grace", "0s", "--force", "--json"],
+    );
+    assert_eq!(again["removed_objects"], 0, "{again}");
+    // A push after a gc: the cache was dropped, nothing is missing.
+    assert_eq!(a.json(&["push", "--json"])["objects"], 0);
+
+    // Both clones' work trees still pull into fresh clones.
+    for (src, files) in [
+        (a.root.clone(), vec!["data/x.csv"]),
+        (b.clone(), vec!["data/x.csv", "models/y.bin"]),
+    ] {
+        let name = format!("fresh-{}", files.len());
+        let dst = a.tmp.path().join(&name);
+        let o = git_cmd(a.tmp.path())
+            .args(["clone", "-q", src.to_str().unwrap(), dst.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        write_creds(&dst, KEY, SECRET);
+        ok(&dst, &["pull", "--json"]);
+        for f in files {
+            assert_eq!(
+                fs::read(dst.join(f)).unwrap(),
+                fs::read(src.join(f)).unwrap(),
+                "{f}"
+            );
+        }
+    }
+}
+
+/// A proxy that drops `If-None-Match: *` from every request, as a server
+/// that ignores conditional puts would.
+fn ignoring_proxy(upstream: u16) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(client) = conn else { continue };
+            std::thread::spawn(move || {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pipe(s2, c2, None));
+                let (mut from, mut to) = (client, server);
+                let mut buf = [0u8; 64 * 1024];
+                loop {
+                    let n = match from.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let pat = b"if-none-match: *\r\n";
+                    let mut out = Vec::with_capacity(n);
+                    let mut i = 0;
+                    while i < n {
+                        if buf[i..n].len() >= pat.len()
+                            && buf[i..i + pat.len()].eq_ignore_ascii_case(pat)
+                        {
+                            i += pat.len();
+                        } else {
+                            out.push(buf[i]);
+                            i += 1;
+                        }
+                    }
+                    if to.write_all(&out).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn s3_a_server_that_ignores_conditional_puts_is_named_and_gc_force_refused() {
+    let server = moto();
+    let port = ignoring_proxy(server.port);
+    let env = project(&format!("http://127.0.0.1:{port}"), "nocas");
+    fill(&env, false);
+    let check = env.run(&["remote", "check"]);
+    assert_eq!(check.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(out.contains("FAIL conditional put: IGNORED"), "{out}");
+    // Pushing content-addressed objects stays safe (same name, same bytes).
+    env.ok(&["push"]);
+    let e = env.fails(2, &["gc", "--remote", "--force", "--grace", "0s"]);
+    assert!(e.contains("ignores create-only puts"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    // The dry run still reports.
+    env.ok(&["gc", "--remote"]);
+
+    // The same server without the proxy honours them.
+    let direct = project(&server.endpoint(), "cas");
+    let out = direct.ok(&["remote", "check"]);
+    assert!(out.contains("ok   conditional put: honoured"), "{out}");
+}
