@@ -9,7 +9,7 @@
 set -euo pipefail
 
 need=()
-for pkg in git build-essential pkg-config python3 python3-pip unzip postgresql postgresql-client; do
+for pkg in git build-essential pkg-config python3 python3-pip python3-venv unzip postgresql postgresql-client; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -51,3 +51,27 @@ command -v cargo >/dev/null || {
   echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2
   exit 1
 }
+
+# S3 remote tests (tests/it/s3.rs) run two independent S3 servers on
+# loopback ports: s3s-fs (crates.io, built once into the target directory's
+# tools/) and moto_server (PyPI moto[server], in a venv there unless one is
+# on PATH already). Skipped when present.
+tools="${CARGO_TARGET_DIR:-$HOME/.cache/recsys-target}/tools"
+if [ ! -x "$tools/bin/s3s-fs" ]; then
+  echo "setup: building s3s-fs 0.14.1 into $tools (S3 tests)" >&2
+  CARGO_TARGET_DIR="$tools/build" cargo install -q s3s-fs --version 0.14.1 \
+    --features binary --locked --root "$tools"
+  rm -rf "$tools/build"
+fi
+if [ ! -x "$tools/bin/moto_server" ]; then
+  if command -v moto_server >/dev/null 2>&1; then
+    mkdir -p "$tools/bin"
+    ln -sf "$(command -v moto_server)" "$tools/bin/moto_server"
+  else
+    echo "setup: installing moto[server] into $tools/moto-venv (S3 tests)" >&2
+    python3 -m venv "$tools/moto-venv"
+    "$tools/moto-venv/bin/pip" install -q 'moto[server]==5.2.1'
+    mkdir -p "$tools/bin"
+    ln -sf "$tools/moto-venv/bin/moto_server" "$tools/bin/moto_server"
+  fi
+fi

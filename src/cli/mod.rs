@@ -19,6 +19,7 @@ pub(crate) use outln;
 
 mod add;
 mod audit;
+mod aws_env;
 mod checkout;
 mod config;
 mod diff;
@@ -58,7 +59,7 @@ use crate::workspace::{Settings, Workspace, WorkspaceError};
 #[derive(Parser, Debug)]
 #[command(name = "recsys", version, propagate_version = true)]
 #[command(
-    after_help = "Start with:\n  recsys init\n  recsys add data/ratings.csv --kind dataset\n  recsys remote add origin /mnt/backup/recsys --default\n  recsys push\n\nEnvironment: RECSYS_NOW (fixed clock, RFC 3339 or Unix ms; for tests),\nRECSYS_JOBS (parallel transfers, default 8)."
+    after_help = "Start with:\n  recsys init\n  recsys add data/ratings.csv --kind dataset\n  recsys remote add origin /mnt/backup/recsys --default\n  recsys push\n\nEnvironment: RECSYS_NOW (fixed clock, RFC 3339 or Unix ms; for tests),\nRECSYS_JOBS (parallel transfers, default 8), AWS_ACCESS_KEY_ID /\nAWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN / AWS_PROFILE / AWS_REGION (S3 remotes)."
 )]
 pub struct Cli {
     /// Run as if recsys was started in this directory.
@@ -110,6 +111,16 @@ pub(crate) struct Ctx {
 impl Ctx {
     pub fn open(&self) -> anyhow::Result<Workspace> {
         Ok(Workspace::discover(&self.dir, self.settings.clone())?)
+    }
+
+    /// [`Ctx::open`] with `--jobs` (when given) for the transfers.
+    pub fn open_jobs(&self, jobs: Option<usize>) -> anyhow::Result<Workspace> {
+        let mut settings = self.settings.clone();
+        if let Some(j) = jobs {
+            anyhow::ensure!(j >= 1, "--jobs must be at least 1");
+            settings.jobs = j.min(256);
+        }
+        Ok(Workspace::discover(&self.dir, settings)?)
     }
 
     /// A progress bar on stderr when it is a terminal; nothing otherwise.
@@ -265,6 +276,11 @@ pub fn main() -> ExitCode {
     {
         settings.jobs = j.clamp(1, 256);
     }
+    settings.aws = aws_env::credentials();
+    settings.aws_region = std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .ok()
+        .filter(|r| !r.is_empty());
     // Like `git -C`: relative paths in arguments are relative to DIR too.
     if let Some(d) = &cli.dir
         && let Err(e) = std::env::set_current_dir(d)

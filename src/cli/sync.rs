@@ -14,13 +14,18 @@ use crate::workspace::{CheckoutOptions, PullReport};
 /// in parallel; the remote checks each object's digest as it arrives. An
 /// interrupted push, rerun, sends only what is still missing.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  recsys push\n  recsys push data/ratings.csv -r backup")]
+#[command(
+    after_help = "Examples:\n  recsys push\n  recsys push data/ratings.csv -r backup\n  recsys push -r team --jobs 32   # many small files to S3"
+)]
 pub struct PushArgs {
     /// Only these artifacts (default: all tracked).
     paths: Vec<PathBuf>,
     /// Remote name (default: the default remote).
     #[arg(short, long)]
     remote: Option<String>,
+    /// Parallel transfers (default: RECSYS_JOBS, else 8).
+    #[arg(short, long)]
+    jobs: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -43,6 +48,9 @@ pub struct FetchArgs {
     /// Fetch what the pointer files at this git revision name.
     #[arg(long)]
     rev: Option<String>,
+    /// Parallel transfers (default: RECSYS_JOBS, else 8).
+    #[arg(short, long)]
+    jobs: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -63,12 +71,15 @@ pub struct PullArgs {
     /// Overwrite local changes that are not in the store.
     #[arg(long)]
     force: bool,
+    /// Parallel transfers (default: RECSYS_JOBS, else 8).
+    #[arg(short, long)]
+    jobs: Option<usize>,
     #[arg(long)]
     json: bool,
 }
 
 pub fn push(a: PushArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let ws = ctx.open()?;
+    let ws = ctx.open_jobs(a.jobs)?;
     let bar = ctx.progress();
     let r = ws.push(&a.paths, a.remote.as_deref(), &bar)?;
     if a.json {
@@ -111,14 +122,14 @@ fn finish(r: &PullReport, json: bool, ctx: &Ctx) -> anyhow::Result<ExitCode> {
 }
 
 pub fn fetch(a: FetchArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let mut ws = ctx.open()?;
+    let mut ws = ctx.open_jobs(a.jobs)?;
     let bar = ctx.progress();
     let r = ws.fetch(&a.paths, a.rev.as_deref(), a.remote.as_deref(), &bar)?;
     finish(&r, a.json, ctx)
 }
 
 pub fn pull(a: PullArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let mut ws = ctx.open()?;
+    let mut ws = ctx.open_jobs(a.jobs)?;
     let bar = ctx.progress();
     let r = ws.pull(
         &a.paths,

@@ -404,7 +404,7 @@ impl ObjectStore for LocalStore {
         }
     }
 
-    fn open(&self, d: &Digest) -> Result<Option<Box<dyn Read + Send>>> {
+    fn open(&self, d: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>> {
         let p = self.object_path(d);
         match File::open(&p) {
             Ok(f) => Ok(Some(Box::new(f))),

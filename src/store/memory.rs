@@ -43,7 +43,7 @@ impl ObjectStore for MemoryStore {
         Ok(self.objects.read().map_err(|_| poisoned())?.get(d).cloned())
     }
 
-    fn open(&self, d: &Digest) -> Result<Option<Box<dyn Read + Send>>> {
+    fn open(&self, d: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>> {
         Ok(self
             .get(d)?
             .map(|b| Box::new(Cursor::new(b)) as Box<dyn Read + Send>))

@@ -14,6 +14,7 @@ mod local;
 pub mod manifest;
 mod memory;
 pub mod remote;
+pub mod s3;
 pub mod state;
 
 use std::io::Read;
@@ -88,7 +89,7 @@ pub trait ObjectStore: Send + Sync {
     /// The whole object in memory; for small objects (manifests, run records).
     fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>>;
     /// A streaming reader over the object.
-    fn open(&self, digest: &Digest) -> Result<Option<Box<dyn Read + Send>>>;
+    fn open(&self, digest: &Digest) -> Result<Option<Box<dyn Read + Send + '_>>>;
     /// The object's path when the store is a local directory (fast copies).
     fn local_path(&self, _digest: &Digest) -> Option<PathBuf> {
         None
@@ -107,6 +108,42 @@ pub trait ObjectStore: Send + Sync {
     /// Rewrite the index without the lines in `drop` (an erasure removed
     /// what they name); the number removed. The only edit the index gets.
     fn index_remove(&self, drop: &std::collections::HashSet<String>) -> Result<usize>;
+    /// Every object with its size and last change (remote gc and audit).
+    fn list_info(&self) -> Result<Vec<remote::ObjectInfo>> {
+        let mut out = Vec::new();
+        for digest in self.list()? {
+            let (size, modified_ms) = match self.local_path(&digest).map(std::fs::metadata) {
+                Some(Ok(m)) => (m.len(), remote::modified_ms(&m)),
+                _ => match self.get(&digest)? {
+                    Some(b) => (b.len() as u64, 0),
+                    None => continue,
+                },
+            };
+            out.push(remote::ObjectInfo {
+                digest,
+                size,
+                modified_ms,
+            });
+        }
+        Ok(out)
+    }
+    /// What `recsys remote check` reports, step by step.
+    fn check(&self) -> Vec<remote::CheckStep> {
+        let ok = self.list().map(|l| l.len());
+        vec![remote::CheckStep {
+            step: "directory".into(),
+            ok: ok.is_ok(),
+            detail: match ok {
+                Ok(n) => format!("{} readable, {n} object(s)", self.location()),
+                Err(e) => e.to_string(),
+            },
+        }]
+    }
+    /// The S3 backend behind this store, for what only S3 remotes have
+    /// (the conditional-put probe, roots objects, gc markers).
+    fn as_s3(&self) -> Option<&s3::S3Store> {
+        None
+    }
 }
 
 /// A batch of object writes. Safe to share between threads.

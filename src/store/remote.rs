@@ -1,13 +1,15 @@
 //! Remotes: other stores that objects are pushed to and fetched from.
 //!
-//! A remote is any [`ObjectStore`]; today that is a local directory (a path
-//! or a `file://` URL). An S3-compatible remote implements the same trait.
-//! URLs may carry credentials: only [`redact`]ed forms are ever shown.
+//! A remote is any [`ObjectStore`]: a local directory (a path or a
+//! `file://` URL) or an S3-compatible bucket (`s3://bucket/prefix`,
+//! [`super::s3`]); push, fetch, pull and status drive both through the same
+//! trait. URLs may carry credentials: only [`redact`]ed forms are ever shown.
 
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use super::s3::{S3Credentials, S3Spec, S3Store};
 use super::{Digest, LocalStore, ObjectStore, Result, Source, StoreError};
 use crate::progress::Progress;
 
@@ -48,6 +50,47 @@ pub(crate) fn redact(url: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteUrl {
     Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+/// An object and its metadata, as a listing gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectInfo {
+    pub digest: Digest,
+    pub size: u64,
+    /// Last change, milliseconds since the epoch (0: unknown).
+    pub modified_ms: i64,
+}
+
+pub(crate) fn modified_ms(m: &std::fs::Metadata) -> i64 {
+    m.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One step of `recsys remote check`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckStep {
+    pub step: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Everything needed to open a remote.
+#[derive(Debug, Clone)]
+pub struct RemoteSpec {
+    /// The remote's name in the project.
+    pub name: String,
+    pub url: String,
+    /// Relative directory URLs are relative to this (the project root).
+    pub base: PathBuf,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub credentials: Option<S3Credentials>,
+    /// Where a network remote caches what it is known to hold.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Parse a remote URL; relative paths are relative to `base`.
@@ -63,9 +106,13 @@ pub(crate) fn parse_url(url: &str, base: &Path) -> Result<RemoteUrl> {
         }
         return Ok(RemoteUrl::Local(PathBuf::from(path)));
     }
+    if url.starts_with("s3://") {
+        let (bucket, prefix) = super::s3::parse_s3_url(url)?;
+        return Ok(RemoteUrl::S3 { bucket, prefix });
+    }
     if let Some(i) = url.find("://") {
         return Err(StoreError::Remote(format!(
-            "{}: remote scheme `{}` is not supported yet (local directories only)",
+            "{}: remote scheme `{}` is not supported (a directory, file:// or s3://)",
             redact(url),
             &url[..i]
         )));
@@ -81,10 +128,19 @@ pub(crate) fn parse_url(url: &str, base: &Path) -> Result<RemoteUrl> {
     }))
 }
 
-/// Open the store behind a remote URL.
-pub fn open(url: &str, base: &Path) -> Result<Box<dyn ObjectStore>> {
-    match parse_url(url, base)? {
-        RemoteUrl::Local(p) => Ok(Box::new(LocalStore::open(&p, &redact(url))?)),
+/// Open the store behind a remote.
+pub fn open(spec: &RemoteSpec) -> Result<Box<dyn ObjectStore>> {
+    match parse_url(&spec.url, &spec.base)? {
+        RemoteUrl::Local(p) => Ok(Box::new(LocalStore::open(&p, &redact(&spec.url))?)),
+        RemoteUrl::S3 { bucket, prefix } => Ok(Box::new(S3Store::open(S3Spec {
+            name: spec.name.clone(),
+            bucket,
+            prefix,
+            endpoint: spec.endpoint.clone(),
+            region: spec.region.clone(),
+            credentials: spec.credentials.clone(),
+            cache_dir: spec.cache_dir.clone(),
+        })?)),
     }
 }
 
@@ -108,11 +164,12 @@ pub(crate) fn transfer(
     jobs: usize,
     progress: &dyn Progress,
 ) -> Result<Transferred> {
-    // A local-directory destination gains nothing from parallel writers:
-    // they contend on the directory lock (measured 10x slower on ext4).
-    // Network stores (no local path) get `jobs` transfers in flight.
+    // Between two local directories parallel writers gain nothing: they
+    // contend on the directory lock (measured 10x slower on ext4). A
+    // network store on either side (no local path) gets `jobs` transfers
+    // in flight.
     let probe = Digest([0; 32]);
-    let jobs = if to.local_path(&probe).is_some() {
+    let jobs = if to.local_path(&probe).is_some() && from.local_path(&probe).is_some() {
         1
     } else {
         jobs
@@ -226,6 +283,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("s3cr3t"), "{e}");
+        assert!(e.contains("credentials do not belong"), "{e}");
+        let e = parse_url("gs://bucket/x", Path::new("/"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not supported"), "{e}");
     }
 

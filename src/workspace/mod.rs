@@ -15,6 +15,7 @@ mod gc;
 pub mod pointer;
 mod query;
 mod remote_erase;
+mod remote_gc;
 mod requests;
 mod retention;
 mod roots;
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 pub use add::{AddOptions, Added, Output, RunSpec};
 pub use audit::Problem;
 pub use checkout::{CheckedOut, CheckoutOptions};
-pub use config::{ProjectConfig, RemoteEntry};
+pub use config::{LocalConfig, LocalRemote, ProjectConfig, RemoteEntry};
 pub use datasets::NewDataset;
 pub use forget::{
     DatasetForgotten, ForgetOptions, ForgetReport, SegmentForgotten, TrainedOnErased, user_hash,
@@ -38,6 +39,7 @@ pub use gc::{GcOptions, GcReport, KeptObject};
 pub use pointer::{Kind, Pointer, PointerError};
 pub use query::{ArtifactLineage, DiffEntry, EdgeView, RebuildReport, Upstream};
 pub use remote_erase::RemoteErasure;
+pub use remote_gc::{REMOTE_GRACE, RemoteGcOptions, RemoteGcReport};
 pub use requests::{NEAR_WINDOW_MS, RequestLineage, ServedLineage};
 pub use retention::{DroppedSegment, RetentionReport};
 pub use roots::{GRACE, KeepSet, PointerRoots, Reason, Role, Root, RootOptions, SERVING_CONFIG};
@@ -54,7 +56,14 @@ pub(crate) const STORE_DIR: &str = "store";
 pub(crate) const LINEAGE_DB: &str = "lineage.db";
 /// What `init` keeps out of git: the store and the lineage index with its
 /// WAL, shared memory and set-aside damaged copies.
-const IGNORED_AT_ROOT: &[&str] = &["/store/", "/lineage.db", "/lineage.db-*", "/lineage.db.*"];
+/// And this clone's secrets (`.recsys/config.local.json`).
+const IGNORED_AT_ROOT: &[&str] = &[
+    "/store/",
+    "/lineage.db",
+    "/lineage.db-*",
+    "/lineage.db.*",
+    "/.recsys/config.local.json",
+];
 
 /// Where the request log's open segments live, relative to the project
 /// root (the server writes them, the keep-set and rebuild read them).
@@ -132,6 +141,11 @@ pub struct Settings {
     pub now_ms: Option<i64>,
     /// Parallel transfers for push/fetch.
     pub jobs: usize,
+    /// S3 credentials from the caller's environment (AWS_ACCESS_KEY_ID...
+    /// or a profile); `.recsys/config.local.json` overrides them per remote.
+    pub aws: Option<crate::store::s3::S3Credentials>,
+    /// AWS_REGION, for S3 remotes that name none.
+    pub aws_region: Option<String>,
 }
 
 impl Default for Settings {
@@ -139,6 +153,8 @@ impl Default for Settings {
         Settings {
             now_ms: None,
             jobs: 8,
+            aws: None,
+            aws_region: None,
         }
     }
 }
@@ -324,6 +340,15 @@ impl Workspace {
             source,
         })?;
         Ok(s)
+    }
+
+    /// Keep `.recsys/config.local.json` (credentials) out of git, in a
+    /// project initialised before it existed too.
+    pub fn ignore_local_config(&self) -> Result<()> {
+        if self.git.is_some() {
+            self.ensure_ignored(&self.root, IGNORED_AT_ROOT)?;
+        }
+        Ok(())
     }
 
     /// Add `/<name>` lines to the `.gitignore` in `dir` when missing;

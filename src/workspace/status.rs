@@ -54,8 +54,8 @@ impl Workspace {
     /// Status of every tracked artifact (or of `only` pointer paths).
     /// Re-hashes only files whose stat stamp changed.
     pub fn status(&self, only: Option<&[String]>) -> Result<Vec<ArtifactStatus>> {
-        let remote = match self.config.pick(None)? {
-            Some((_, url)) => Some(remote::open(&url, &self.root)?),
+        let remote = match self.remote_spec(None)? {
+            Some(spec) => Some(remote::open(&spec)?),
             None => None,
         };
         let pointers = match only {

@@ -46,15 +46,49 @@ const INDEX_RUN: &str = "run ";
 const INDEX_SEGMENT: &str = "segment ";
 
 impl Workspace {
-    fn open_remote(&self, name: Option<&str>) -> Result<(String, Box<dyn ObjectStore>)> {
-        let (n, url) = self.config.pick(name)?.ok_or_else(|| {
+    /// How to open remote `name` (or the default): its entry in
+    /// config.json, credentials from config.local.json or the settings.
+    /// `Ok(None)`: no name given and no default remote.
+    pub(crate) fn remote_spec(&self, name: Option<&str>) -> Result<Option<remote::RemoteSpec>> {
+        let Some((n, entry)) = self.config.pick(name)? else {
+            return Ok(None);
+        };
+        let local = super::LocalConfig::load(&self.root)?;
+        let credentials = match local.remotes.get(&n) {
+            Some(c) => Some(crate::store::s3::S3Credentials {
+                access_key_id: c.access_key_id.clone(),
+                secret_access_key: c.secret_access_key.clone(),
+                session_token: c.session_token.clone(),
+            }),
+            None => self.settings.aws.clone(),
+        };
+        Ok(Some(remote::RemoteSpec {
+            name: n,
+            url: entry.url,
+            base: self.root.clone(),
+            endpoint: entry.endpoint,
+            region: entry.region.or_else(|| self.settings.aws_region.clone()),
+            credentials,
+            cache_dir: Some(self.root.join(super::STORE_DIR).join("remotes")),
+        }))
+    }
+
+    pub(crate) fn open_remote(&self, name: Option<&str>) -> Result<(String, Box<dyn ObjectStore>)> {
+        let spec = self.remote_spec(name)?.ok_or_else(|| {
             WorkspaceError::Remote(
                 "no remote given and no default remote (recsys remote add <name> <url> --default)"
                     .into(),
             )
         })?;
-        let store = remote::open(&url, &self.root)?;
-        Ok((n, store))
+        let store = remote::open(&spec)?;
+        Ok((spec.name, store))
+    }
+
+    /// `recsys remote check`: reachability, credentials, bucket and the
+    /// conditional-put probe (S3), or that the directory reads.
+    pub fn check_remote(&self, name: Option<&str>) -> Result<(String, Vec<remote::CheckStep>)> {
+        let (n, store) = self.open_remote(name)?;
+        Ok((n, store.check()))
     }
 
     /// The keep-set a transfer moves: everything named ([`RootOptions::named`])
@@ -109,6 +143,9 @@ impl Workspace {
         // Skip a whole directory when its manifest is already there:
         // manifests are committed only after their files.
         let mut manifest_there: HashMap<Digest, bool> = HashMap::new();
+        // What the remote's index lists already: an entry a killed push
+        // did not write is written by the next one.
+        let indexed: std::collections::HashSet<String> = remote.index_read()?.into_iter().collect();
         let mut missing: Option<(Digest, String)> = None;
         let mut new_index = Vec::new();
         let mut phases = Vec::new();
@@ -146,10 +183,11 @@ impl Workspace {
                     Role::Segment => Some(INDEX_SEGMENT),
                     _ => None,
                 };
-                if let Some(prefix) = index_line
-                    && !remote.contains(&d)?
-                {
-                    new_index.push(format!("{prefix}{d}"));
+                if let Some(prefix) = index_line {
+                    let line = format!("{prefix}{d}");
+                    if !indexed.contains(&line) {
+                        new_index.push(line);
+                    }
                 }
                 out.push(d);
             }
@@ -161,7 +199,39 @@ impl Workspace {
                  brings it back from a remote that has it)"
             )));
         }
-        let moved = remote::transfer(&self.store, &*remote, &phases, self.settings.jobs, progress)?;
+        // S3: this clone's roots go up before any object (gc --remote
+        // honours them), and a remote gc that runs meanwhile is noticed.
+        let epoch = match remote.as_s3() {
+            Some(s3) => {
+                let epoch = self.remote_gc_epoch(s3)?;
+                s3.put_roots(&self.clone_id()?, self.roots_object()?)?;
+                Some(epoch)
+            }
+            None => None,
+        };
+        let mut moved =
+            remote::transfer(&self.store, &*remote, &phases, self.settings.jobs, progress)?;
+        if let (Some(s3), Some(epoch)) = (remote.as_s3(), epoch)
+            && self.remote_gc_since(s3, &epoch)?
+        {
+            // What was skipped as present may have been collected: every
+            // object again (no directory skipped for its manifest), each
+            // looked up on the remote.
+            let mut all = Vec::new();
+            for phase in keep.phases(|_, _| true) {
+                let mut out = Vec::with_capacity(phase.len());
+                for d in phase {
+                    if self.store.contains(&d)? {
+                        out.push(d);
+                    }
+                }
+                all.push(out);
+            }
+            let again =
+                remote::transfer(&self.store, &*remote, &all, self.settings.jobs, progress)?;
+            moved.objects += again.objects;
+            moved.bytes += again.bytes;
+        }
         if !new_index.is_empty() {
             remote.index_append(&new_index)?;
         }

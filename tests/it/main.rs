@@ -13,6 +13,7 @@ mod monitor;
 mod movielens;
 mod pipeline;
 mod provenance;
+mod s3;
 mod serve;
 mod serve_limits;
 mod store;

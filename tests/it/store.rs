@@ -447,7 +447,7 @@ fn remotes_redact_credentials_and_validate() {
         &["remote", "add", "s3", "s3://AKIAXX:topsecret@bucket/x"],
     );
     assert!(!err.contains("topsecret"), "{err}");
-    assert!(err.contains("not supported"), "{err}");
+    assert!(err.contains("credentials do not belong"), "{err}");
     let err = env.fails(2, &["remote", "add", "origin", "/x"]);
     assert!(err.contains("exists already"), "{err}");
     env.ok(&["remote", "remove", "origin"]);
