@@ -20,6 +20,7 @@ pub mod lineage;
 pub mod model;
 pub mod monitor;
 pub mod movielens;
+pub mod openlineage;
 pub mod paths;
 pub mod pipeline;
 pub mod progress;

@@ -32,6 +32,7 @@ mod init;
 mod lineage;
 mod ls;
 mod monitor;
+mod openlineage;
 mod pipeline;
 mod remote;
 mod replay;
@@ -58,7 +59,7 @@ use crate::workspace::{Settings, Workspace, WorkspaceError};
 #[derive(Parser, Debug)]
 #[command(name = "recsys", version, propagate_version = true)]
 #[command(
-    after_help = "Start with:\n  recsys init\n  recsys add data/ratings.csv --kind dataset\n  recsys remote add origin /mnt/backup/recsys --default\n  recsys push\n\nEnvironment: RECSYS_NOW (fixed clock, RFC 3339 or Unix ms; for tests),\nRECSYS_JOBS (parallel transfers, default 8)."
+    after_help = "Start with:\n  recsys init\n  recsys add data/ratings.csv --kind dataset\n  recsys remote add origin /mnt/backup/recsys --default\n  recsys push\n\nEnvironment: RECSYS_NOW (fixed clock, RFC 3339 or Unix ms; for tests),\nRECSYS_JOBS (parallel transfers, default 8),\nRECSYS_OPENLINEAGE_URL (as --openlineage-url)."
 )]
 pub struct Cli {
     /// Run as if recsys was started in this directory.
@@ -67,6 +68,24 @@ pub struct Cli {
     /// Print nothing but errors (and requested JSON).
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Send OpenLineage 2-0-2 run events (START, then COMPLETE or FAIL) of
+    /// import, ingest, train, evaluate and pipeline here: http://host:port
+    /// (POST <URL>/api/v1/lineage, as Marquez expects; 5 s timeout) or
+    /// file:///path/events.jsonl (one event appended per line). Delivery
+    /// problems are warnings on stderr: they never fail the command.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "RECSYS_OPENLINEAGE_URL",
+        hide_env_values = true
+    )]
+    openlineage_url: Option<String>,
+    /// The OpenLineage namespace of recsys's jobs [default: the project
+    /// directory's name]; datasets and models are named in the default
+    /// remote's URL, else recsys://<namespace>.
+    #[arg(long, global = true, value_name = "NAME")]
+    openlineage_namespace: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,6 +124,9 @@ pub(crate) struct Ctx {
     pub dir: PathBuf,
     pub quiet: bool,
     pub settings: Settings,
+    /// `--openlineage-url` (or RECSYS_OPENLINEAGE_URL).
+    pub openlineage_url: Option<String>,
+    pub openlineage_namespace: Option<String>,
 }
 
 impl Ctx {
@@ -276,6 +298,8 @@ pub fn main() -> ExitCode {
         dir: PathBuf::from("."),
         quiet: cli.quiet,
         settings,
+        openlineage_url: cli.openlineage_url.clone(),
+        openlineage_namespace: cli.openlineage_namespace.clone(),
     };
     let res = match cli.command {
         Command::Init(a) => init::run(a, &ctx),

@@ -11,6 +11,7 @@ mod ingest;
 mod models;
 mod monitor;
 mod movielens;
+mod openlineage;
 mod pipeline;
 mod provenance;
 mod serve;
