@@ -2,9 +2,9 @@
 //!
 //! This module owns the mapping from recsys's lineage (run records, their
 //! inputs and outputs) to OpenLineage's model: a *job* per command
-//! (`import`, `ingest`, `train`, `evaluate`, `pipeline`, and
-//! `pipeline.<step>` for the steps of a pipeline run), a *run* per
-//! execution, and *datasets* for the artifacts a run read and wrote
+//! (`import.movielens`, `ingest`, `train`, `evaluate`, `pipeline`; a
+//! pipeline's steps are runs of `ingest`, `train` and `evaluate` with the
+//! pipeline's run as their parent), a *run* per execution, and *datasets* for the artifacts a run read and wrote
 //! (datasets and models alike, named by their version name in the
 //! project's namespace). Every event carries the recsys run record's
 //! digest in the `recsys_run` run facet once there is one, and every
@@ -218,7 +218,9 @@ fn job(ctx: &Context, j: &JobRef, commit: Option<&str>) -> Value {
             json!({
                 "processingType": "BATCH",
                 "integration": "RECSYS",
-                "jobType": if j.name == "pipeline" { "DAG" } else if j.parent.is_some() { "TASK" } else { "JOB" },
+                // A job is the same job run alone or as a pipeline's step
+                // (the run's parent facet says which).
+                "jobType": if j.name == "pipeline" { "DAG" } else { "JOB" },
             }),
         ),
     );
@@ -521,7 +523,7 @@ mod tests {
             e["run"]["facets"]["parent"]["run"]["runId"],
             parent.run_id.to_string()
         );
-        assert_eq!(e["job"]["facets"]["jobType"]["jobType"], "TASK");
+        assert_eq!(e["job"]["facets"]["jobType"]["jobType"], "JOB");
         assert_eq!(
             e["job"]["facets"]["sourceCodeLocation"]["version"],
             "c0ffee"

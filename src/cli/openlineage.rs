@@ -206,7 +206,7 @@ impl Observed {
         let Some(d) = run else { return };
         let Some(r) = read_record(ws, &d) else { return };
         let job = JobRef {
-            name: format!("{}.{name}", self.job.name),
+            name: name.to_string(),
             parent: Some(openlineage::Parent {
                 run_id: self.id,
                 job: self.job.name.clone(),

@@ -588,3 +588,119 @@ fn the_checker_refuses_what_the_spec_refuses() {
         "_producer": "urn:recsys:x", "_schemaURL": "urn:x", "digest": "abc", "kind": "model", "size": 1
     })), "a digest is 64 hex digits");
 }
+
+#[test]
+fn a_pipeline_is_a_parent_run_with_its_steps_as_children() {
+    use crate::ingest::{TOPIC, cluster, produce, taste_batch};
+    let checker = Checker::new();
+    let env = Env::new();
+    let rx = receiver();
+    let (_c, brokers) = cluster(1);
+    let msgs = taste_batch(1..31, 1);
+    produce(&brokers, TOPIC, &msgs);
+    let n = msgs.len().to_string();
+    env.ok(&[
+        "pipeline",
+        "--brokers",
+        &brokers,
+        "--topic",
+        TOPIC,
+        "--max-messages",
+        &n,
+        "--algo",
+        "popularity",
+        "--openlineage-url",
+        &rx.url,
+        "--openlineage-namespace",
+        "recs-prod",
+    ]);
+    let events = rx.events();
+    for e in &events {
+        checker.check(e);
+        assert_eq!(e["job"]["namespace"], "recs-prod");
+    }
+    let names: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["job"]["name"].as_str().expect("name").to_string(),
+                e["eventType"].as_str().expect("type").to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("pipeline", "START"),
+        ("ingest", "START"),
+        ("ingest", "COMPLETE"),
+        ("train", "START"),
+        ("train", "COMPLETE"),
+        ("evaluate", "START"),
+        ("evaluate", "COMPLETE"),
+        ("pipeline", "COMPLETE"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(names, want);
+    assert_eq!(events[0]["job"]["facets"]["jobType"]["jobType"], "DAG");
+    let parent = events[0]["run"]["runId"].as_str().expect("id");
+    assert_eq!(events[7]["run"]["runId"], parent);
+    for e in &events[1..7] {
+        assert_eq!(e["run"]["facets"]["parent"]["run"]["runId"], parent);
+        assert_eq!(e["run"]["facets"]["parent"]["job"]["name"], "pipeline");
+        assert_eq!(e["job"]["facets"]["jobType"]["jobType"], "JOB");
+    }
+    // The ingest step read the topic (Kafka naming: kafka://host:port + topic).
+    let ingest = &events[2];
+    let first = brokers.split(',').next().expect("broker");
+    let kafka = ingest["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .find(|d| d["name"] == TOPIC)
+        .expect("the topic is an input");
+    assert_eq!(kafka["namespace"], format!("kafka://{first}"));
+    assert_eq!(ingest["outputs"][0]["name"], "dataset_1");
+    // A step's run id is the one `lineage export` gives its record.
+    assert_eq!(events[4]["outputs"][0]["name"], "model_v1");
+    let exported = env.ok(&[
+        "lineage",
+        "export",
+        "--openlineage",
+        "--openlineage-namespace",
+        "recs-prod",
+    ]);
+    let exported: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one event per line"))
+        .collect();
+    for e in &exported {
+        checker.check(e);
+    }
+    assert_eq!(
+        exported.len(),
+        6,
+        "three run records, START and COMPLETE each"
+    );
+    let train_id = events[4]["run"]["runId"].as_str().expect("id");
+    let same = exported
+        .iter()
+        .find(|e| e["run"]["runId"] == train_id && e["eventType"] == "COMPLETE")
+        .expect("export gives the train record the pipeline step's run id");
+    assert_eq!(same["job"], events[4]["job"], "and the same job");
+    assert_eq!(same["outputs"], events[4]["outputs"]);
+    // --out writes the same lines to a file.
+    let out = env.tmp.path().join("export.jsonl");
+    env.ok(&[
+        "lineage",
+        "export",
+        "--openlineage",
+        "--openlineage-namespace",
+        "recs-prod",
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    let text = std::fs::read_to_string(&out).expect("export file");
+    assert_eq!(text.lines().count(), 6);
+}
