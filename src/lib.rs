@@ -17,6 +17,7 @@ pub mod failpoint;
 pub mod fs_error;
 pub mod ingest;
 pub mod lineage;
+pub mod mlflow;
 pub mod model;
 pub mod monitor;
 pub mod movielens;

@@ -34,6 +34,7 @@ mod ls;
 mod monitor;
 mod openlineage;
 mod pipeline;
+mod registry;
 mod remote;
 mod replay;
 mod reproduce;
@@ -117,6 +118,7 @@ enum Command {
     Config(config::Args),
     Monitor(monitor::Args),
     Experiment(experiment::Args),
+    Registry(registry::Args),
 }
 
 /// What every subcommand gets.
@@ -327,6 +329,7 @@ pub fn main() -> ExitCode {
         Command::Config(a) => config::run(a, &ctx),
         Command::Monitor(a) => monitor::run(a, &ctx),
         Command::Experiment(a) => experiment::run(a, &ctx),
+        Command::Registry(a) => registry::run(a, &ctx),
     };
     // A status line that could not be written fails the command too.
     let res = match (res, take_stdout_error()) {

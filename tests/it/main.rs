@@ -8,6 +8,7 @@ mod common;
 mod erasure;
 mod experiment;
 mod ingest;
+mod mlflow;
 mod models;
 mod monitor;
 mod movielens;
