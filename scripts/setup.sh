@@ -75,3 +75,15 @@ if [ ! -x "$tools/bin/moto_server" ]; then
     ln -sf "$tools/moto-venv/bin/moto_server" "$tools/bin/moto_server"
   fi
 fi
+
+# MLflow (tests/it/mlflow.rs starts a real `mlflow server` with a SQLite
+# backend for `recsys registry sync --mlflow`): a venv in the persistent
+# cache, outside the clone; the tests find it at the same path.
+MLFLOW_VENV="${RECSYS_MLFLOW_VENV:-$HOME/.cache/recsys-tools/mlflow-venv}"
+MLFLOW_VERSION=3.18.0
+if ! "$MLFLOW_VENV/bin/mlflow" --version 2>/dev/null | grep -q "$MLFLOW_VERSION"; then
+  echo "setup: installing mlflow $MLFLOW_VERSION into $MLFLOW_VENV" >&2
+  mkdir -p "$(dirname "$MLFLOW_VENV")"
+  python3 -m venv "$MLFLOW_VENV"
+  "$MLFLOW_VENV/bin/pip" install -q "mlflow==$MLFLOW_VERSION"
+fi

@@ -42,6 +42,50 @@ const REQUESTS_HEADER: [&str; 5] = ["time_ms", "user", "status", "latency_ms", "
 const USERS_HEADER: [&str; 4] = ["user", "age", "gender", "occupation"];
 const MOVIES_HEADER: [&str; 4] = ["movie", "title", "year", "genres"];
 
+/// Every table of the format with its columns and their types, in file
+/// order: what lineage tools are told the dataset holds (OpenLineage's
+/// schema facet). The names are the headers above (a test checks).
+pub(crate) const TABLES: [(&str, &[(&str, &str)]); 4] = [
+    (
+        EVENTS_CSV,
+        &[
+            ("time_ms", "int64"),
+            ("user", "uint64"),
+            ("movie", "string"),
+            ("kind", "string"),
+            ("value", "uint32"),
+        ],
+    ),
+    (
+        REQUESTS_CSV,
+        &[
+            ("time_ms", "int64"),
+            ("user", "uint64"),
+            ("status", "uint16"),
+            ("latency_ms", "uint32"),
+            ("items", "string"),
+        ],
+    ),
+    (
+        USERS_CSV,
+        &[
+            ("user", "uint64"),
+            ("age", "uint32"),
+            ("gender", "string"),
+            ("occupation", "string"),
+        ],
+    ),
+    (
+        MOVIES_CSV,
+        &[
+            ("movie", "string"),
+            ("title", "string"),
+            ("year", "uint32"),
+            ("genres", "string"),
+        ],
+    ),
+];
+
 /// What a user did with a movie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -700,6 +744,21 @@ fn read_csv_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tables_columns_are_the_headers() {
+        let headers: [(&str, &[&str]); 4] = [
+            (EVENTS_CSV, &EVENTS_HEADER),
+            (REQUESTS_CSV, &REQUESTS_HEADER),
+            (USERS_CSV, &USERS_HEADER),
+            (MOVIES_CSV, &MOVIES_HEADER),
+        ];
+        for ((file, cols), (hfile, header)) in TABLES.iter().zip(headers) {
+            assert_eq!(*file, hfile);
+            let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, header, "{file}");
+        }
+    }
 
     fn sample() -> Dataset {
         Dataset {

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use super::Ctx;
+use super::openlineage::Outcome;
 use crate::model::Metrics;
 use crate::pipeline::{self, EvaluateOptions, Mode};
 
@@ -42,13 +43,16 @@ fn fmt_rmse(m: Option<f64>) -> String {
 
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let ws = ctx.open()?;
-    let r = pipeline::evaluate(
+    let o = EvaluateOptions {
+        model: a.model,
+        dataset: a.dataset,
+    };
+    let r = super::openlineage::observe(
+        ctx,
         &ws,
-        &EvaluateOptions {
-            model: a.model,
-            dataset: a.dataset,
-        },
-        &ctx.progress(),
+        "evaluate",
+        || pipeline::evaluate(&ws, &o, &ctx.progress()),
+        |r| Outcome::Recorded(r.run),
     )?;
     if a.json {
         super::print_json(&r)?;

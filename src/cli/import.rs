@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::Ctx;
+use super::openlineage::Outcome;
 use crate::pipeline;
 
 /// Import an outside dataset as the next dataset_N (with an import run).
@@ -41,7 +42,16 @@ struct MovielensArgs {
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let What::Movielens(a) = a.what;
     let ws = ctx.open()?;
-    let r = pipeline::import_movielens(&ws, &a.data_dir, &ctx.progress())?;
+    let r = super::openlineage::observe(
+        ctx,
+        &ws,
+        "import.movielens",
+        || pipeline::import_movielens(&ws, &a.data_dir, &ctx.progress()),
+        |r| match r.unchanged {
+            true => Outcome::Nothing,
+            false => Outcome::Recorded(r.run),
+        },
+    )?;
     if a.json {
         super::print_json(&r)?;
         return Ok(ExitCode::SUCCESS);

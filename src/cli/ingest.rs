@@ -104,7 +104,15 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let ws = ctx.open()?;
     let opts = a.source.options();
     let bar = ctx.progress();
-    match ingest::run(&ws, &opts, &bar) {
+    let observed = super::openlineage::Observed::start(ctx, &ws, "ingest")?;
+    let res = ingest::run(&ws, &opts, &bar);
+    if let Some(o) = &observed {
+        match &res {
+            Ok(r) => o.complete(&ws, super::openlineage::Outcome::Recorded(r.run)),
+            Err(e) => o.fail(&ws, e),
+        }
+    }
+    match res {
         Ok(r) => {
             if a.json {
                 super::print_json(&r)?;

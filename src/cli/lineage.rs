@@ -20,9 +20,13 @@ use super::{Ctx, bytes, date, short};
 /// lineage.db.corrupt-<time> first (run it while no server is logging).
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  recsys lineage dataset_3\n  recsys lineage models/model_v2.bin --json\n  recsys lineage 01890a5d-ac96-774b-bcce-b302099a8057\n  recsys lineage --user 42 --at 2026-01-02T03:04:05.123\n  recsys lineage --rebuild"
+    after_help = "Examples:\n  recsys lineage dataset_3\n  recsys lineage models/model_v2.bin --json\n  recsys lineage 01890a5d-ac96-774b-bcce-b302099a8057\n  recsys lineage --user 42 --at 2026-01-02T03:04:05.123\n  recsys lineage --rebuild\n  recsys lineage export --openlineage --out events.jsonl",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 pub struct Args {
+    #[command(subcommand)]
+    export: Option<Sub>,
     /// Version name, digest (prefix), path or request id.
     #[arg(required_unless_present_any = ["rebuild", "user"])]
     what: Option<String>,
@@ -39,7 +43,83 @@ pub struct Args {
     json: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    Export(ExportArgs),
+}
+
+/// Every run record of the project as OpenLineage 2-0-2 events, one JSON
+/// object per line: a START and a COMPLETE per run, at the times the record
+/// names, with the run id derived from the record's digest (the id a
+/// pipeline step was announced with; a command run with --openlineage-url
+/// was announced with its own UUIDv7). For backfilling a lineage tool
+/// (Marquez: `curl -X POST -H 'Content-Type: application/json' -d @line
+/// <url>/api/v1/lineage` per line).
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  recsys lineage export --openlineage > events.jsonl\n  recsys lineage export --openlineage --openlineage-namespace recs-prod --out events.jsonl"
+)]
+struct ExportArgs {
+    /// The format (the only one): OpenLineage RunEvents.
+    #[arg(long, required = true)]
+    openlineage: bool,
+    /// Write the events here (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<std::path::PathBuf>,
+}
+
+fn export(a: ExportArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    use crate::store::ObjectStore as _;
+    let ws = ctx.open()?;
+    let olctx =
+        crate::openlineage::Context::for_workspace(&ws, ctx.openlineage_namespace.as_deref());
+    let mut text = String::new();
+    let mut missing = 0usize;
+    let mut runs = 0usize;
+    for id in ws.lineage.run_ids()? {
+        let record = ws
+            .store
+            .get(&id)?
+            .and_then(|b| crate::lineage::RunRecord::parse(&id, &b).ok());
+        let Some(r) = record else {
+            eprintln!(
+                "warning: run record {id} is not in the store (`recsys fetch` brings it); left out"
+            );
+            missing += 1;
+            continue;
+        };
+        for e in crate::openlineage::from_record(&olctx, &id, &r) {
+            text.push_str(&e.to_string());
+            text.push('\n');
+        }
+        runs += 1;
+    }
+    match &a.out {
+        Some(p) => {
+            crate::workspace::write_atomic(p, text.as_bytes())?;
+            ctx.say(format!(
+                "wrote {} events of {runs} runs to {}",
+                2 * runs,
+                p.display()
+            ));
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            std::io::Write::write_all(&mut out, text.as_bytes())?;
+            std::io::Write::flush(&mut out)?;
+        }
+    }
+    Ok(if missing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    if let Some(Sub::Export(e)) = a.export {
+        return export(e, ctx);
+    }
     if a.rebuild {
         let (mut ws, aside) =
             crate::workspace::Workspace::discover_for_rebuild(&ctx.dir, ctx.settings.clone())?;

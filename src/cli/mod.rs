@@ -33,7 +33,9 @@ mod init;
 mod lineage;
 mod ls;
 mod monitor;
+mod openlineage;
 mod pipeline;
+mod registry;
 mod remote;
 mod replay;
 mod reproduce;
@@ -59,7 +61,7 @@ use crate::workspace::{Settings, Workspace, WorkspaceError};
 #[derive(Parser, Debug)]
 #[command(name = "recsys", version, propagate_version = true)]
 #[command(
-    after_help = "Start with:\n  recsys init\n  recsys add data/ratings.csv --kind dataset\n  recsys remote add origin /mnt/backup/recsys --default\n  recsys push\n\nEnvironment: RECSYS_NOW (fixed clock, RFC 3339 or Unix ms; for tests),\nRECSYS_JOBS (parallel transfers, default 8), AWS_ACCESS_KEY_ID /\nAWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN / AWS_PROFILE / AWS_REGION (S3 remotes)."
+    after_help = "Start with:\n  recsys init\n  recsys add data/ratings.csv --kind dataset\n  recsys remote add origin /mnt/backup/recsys --default\n  recsys push\n\nEnvironment: RECSYS_NOW (fixed clock, RFC 3339 or Unix ms; for tests),\nRECSYS_JOBS (parallel transfers, default 8), AWS_ACCESS_KEY_ID /\nAWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN / AWS_PROFILE / AWS_REGION (S3 remotes),\nRECSYS_OPENLINEAGE_URL (as --openlineage-url)."
 )]
 pub struct Cli {
     /// Run as if recsys was started in this directory.
@@ -68,6 +70,24 @@ pub struct Cli {
     /// Print nothing but errors (and requested JSON).
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Send OpenLineage 2-0-2 run events (START, then COMPLETE or FAIL) of
+    /// import, ingest, train, evaluate and pipeline here: http://host:port
+    /// (POST <URL>/api/v1/lineage, as Marquez expects; 5 s timeout) or
+    /// file:///path/events.jsonl (one event appended per line). Delivery
+    /// problems are warnings on stderr: they never fail the command.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "RECSYS_OPENLINEAGE_URL",
+        hide_env_values = true
+    )]
+    openlineage_url: Option<String>,
+    /// The OpenLineage namespace of recsys's jobs [default: the project
+    /// directory's name]; datasets and models are named in the default
+    /// remote's URL, else recsys://<namespace>.
+    #[arg(long, global = true, value_name = "NAME")]
+    openlineage_namespace: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,6 +119,7 @@ enum Command {
     Config(config::Args),
     Monitor(monitor::Args),
     Experiment(experiment::Args),
+    Registry(registry::Args),
 }
 
 /// What every subcommand gets.
@@ -106,6 +127,9 @@ pub(crate) struct Ctx {
     pub dir: PathBuf,
     pub quiet: bool,
     pub settings: Settings,
+    /// `--openlineage-url` (or RECSYS_OPENLINEAGE_URL).
+    pub openlineage_url: Option<String>,
+    pub openlineage_namespace: Option<String>,
 }
 
 impl Ctx {
@@ -292,6 +316,8 @@ pub fn main() -> ExitCode {
         dir: PathBuf::from("."),
         quiet: cli.quiet,
         settings,
+        openlineage_url: cli.openlineage_url.clone(),
+        openlineage_namespace: cli.openlineage_namespace.clone(),
     };
     let res = match cli.command {
         Command::Init(a) => init::run(a, &ctx),
@@ -319,6 +345,7 @@ pub fn main() -> ExitCode {
         Command::Config(a) => config::run(a, &ctx),
         Command::Monitor(a) => monitor::run(a, &ctx),
         Command::Experiment(a) => experiment::run(a, &ctx),
+        Command::Registry(a) => registry::run(a, &ctx),
     };
     // A status line that could not be written fails the command too.
     let res = match (res, take_stdout_error()) {

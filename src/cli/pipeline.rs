@@ -52,8 +52,17 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         train: a.train.options(""),
         promote: a.promote.then_some(config_path),
     };
+    let observed = super::openlineage::Observed::start(ctx, &ws, "pipeline")?;
     let mut shown: std::io::Result<()> = Ok(());
     let mut on_step = |step: Step<'_>| {
+        if let Some(o) = &observed {
+            match &step {
+                Step::Ingested(r) => o.step(&ws, "ingest", r.run),
+                Step::Trained(r) => o.step(&ws, "train", r.run),
+                Step::Evaluated(r) => o.step(&ws, "evaluate", r.run),
+                Step::Promotion(_) => {}
+            }
+        }
         if a.json || shown.is_err() {
             return;
         }
@@ -76,7 +85,14 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             )),
         }
     };
-    let report = match pipeline::run_chain(&ws, &o, &bar, &mut on_step) {
+    let res = pipeline::run_chain(&ws, &o, &bar, &mut on_step);
+    if let Some(ob) = &observed {
+        match &res {
+            Ok(_) => ob.complete(&ws, super::openlineage::Outcome::Nothing),
+            Err(e) => ob.fail(&ws, e),
+        }
+    }
+    let report = match res {
         Ok(r) => r,
         Err(PipelineError::Ingest(IngestError::Drift {
             reference,

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use super::Ctx;
+use super::openlineage::Outcome;
 use crate::model::{Algo, SplitKind};
 use crate::pipeline::{self, DEFAULT_TEST_FRACTION, TrainOptions};
 use crate::user_filter::UserFilter;
@@ -137,11 +138,19 @@ impl Flags {
 
 pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let ws = ctx.open()?;
-    let mut o = a.flags.options(&a.dataset);
-    if !a.users_where.is_empty() {
-        o.users_where = Some(UserFilter::parse(&a.users_where)?);
-    }
-    let r = pipeline::train(&ws, &o, &ctx.progress())?;
+    let r = super::openlineage::observe(
+        ctx,
+        &ws,
+        "train",
+        || {
+            let mut o = a.flags.options(&a.dataset);
+            if !a.users_where.is_empty() {
+                o.users_where = Some(UserFilter::parse(&a.users_where)?);
+            }
+            pipeline::train(&ws, &o, &ctx.progress())
+        },
+        |r| Outcome::Recorded(r.run),
+    )?;
     if a.json {
         super::print_json(&r)?;
         return Ok(ExitCode::SUCCESS);

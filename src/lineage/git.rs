@@ -50,6 +50,17 @@ impl Git {
         }
     }
 
+    /// The URL of the `origin` remote, if it has one.
+    pub fn origin_url(&self) -> Option<String> {
+        let r = self.repo.find_remote("origin").ok()?;
+        r.url().ok().map(str::to_string)
+    }
+
+    /// The project root's path inside the repository ("" at its top).
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
     /// Whether tracked files differ from HEAD (untracked files do not count,
     /// as with `git describe --dirty`).
     pub(crate) fn is_dirty(&self) -> Result<bool> {

@@ -17,10 +17,10 @@ use recsys::stream::parse_line;
 
 use crate::common::Env;
 
-const TOPIC: &str = "movielog1";
+pub(crate) const TOPIC: &str = "movielog1";
 
 /// A one-broker mock cluster with `TOPIC` in `partitions` partitions.
-fn cluster(partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, String) {
+pub(crate) fn cluster(partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, String) {
     let c = MockCluster::new(1).expect("mock cluster");
     c.create_topic(TOPIC, partitions, 1).expect("create topic");
     let b = c.bootstrap_servers();
@@ -28,7 +28,7 @@ fn cluster(partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, St
 }
 
 /// Produce (partition, payload) messages; `None` is a message without a value.
-fn produce(brokers: &str, topic: &str, msgs: &[(i32, Option<String>)]) {
+pub(crate) fn produce(brokers: &str, topic: &str, msgs: &[(i32, Option<String>)]) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -776,7 +776,7 @@ fn user_attributes_from_a_file_and_from_the_api_once_per_user() {
 
 /// Ratings with a learnable structure: users and movies fall in two taste
 /// groups; a user rates movies of their own group high.
-fn taste_batch(users: std::ops::Range<u64>, day: u32) -> Vec<(i32, Option<String>)> {
+pub(crate) fn taste_batch(users: std::ops::Range<u64>, day: u32) -> Vec<(i32, Option<String>)> {
     let mut out = Vec::new();
     let mut sec = 0u32;
     for u in users {
