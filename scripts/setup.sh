@@ -3,13 +3,14 @@
 # (idempotent, quiet when everything is present). Needs root for apt-get.
 #
 #   build:    git, a C toolchain, pkg-config (rdkafka builds librdkafka)
-#   data:     python3 + pip + unzip (MovieLens 100K comes from a PyPI wheel)
+#   data:     python3 + pip + venv + unzip (MovieLens 100K comes from a PyPI
+#             wheel; mlflow for the registry tests goes into a venv)
 #   services: postgresql (monitoring sink, shared lineage index; started by
 #             scripts/postgres.sh, never by systemd)
 set -euo pipefail
 
 need=()
-for pkg in git build-essential pkg-config python3 python3-pip unzip postgresql postgresql-client; do
+for pkg in git build-essential pkg-config python3 python3-pip python3-venv unzip postgresql postgresql-client; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
