@@ -704,3 +704,47 @@ fn a_pipeline_is_a_parent_run_with_its_steps_as_children() {
     let text = std::fs::read_to_string(&out).expect("export file");
     assert_eq!(text.lines().count(), 6);
 }
+
+#[test]
+fn a_standalone_ingest_reads_the_topic_and_writes_a_dataset() {
+    use crate::ingest::{TOPIC, cluster, produce, taste_batch};
+    let checker = Checker::new();
+    let env = Env::new();
+    let (_c, brokers) = cluster(1);
+    let msgs = taste_batch(1..6, 1);
+    produce(&brokers, TOPIC, &msgs);
+    let n = msgs.len().to_string();
+    let file = env.tmp.path().join("ol.jsonl");
+    env.ok(&[
+        "ingest",
+        "--brokers",
+        &brokers,
+        "--topic",
+        TOPIC,
+        "--max-messages",
+        &n,
+        "--openlineage-url",
+        &format!("file://{}", file.display()),
+    ]);
+    let events: Vec<Value> = std::fs::read_to_string(&file)
+        .expect("events")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        checker.check(e);
+        assert_eq!(e["job"]["name"], "ingest");
+    }
+    assert_eq!(events[0]["run"]["runId"], events[1]["run"]["runId"]);
+    let done = &events[1];
+    assert_eq!(done["eventType"], "COMPLETE");
+    assert_eq!(done["inputs"][0]["name"], TOPIC);
+    let offsets = &done["inputs"][0]["facets"]["recsys_source"]["offsets"];
+    assert!(offsets.is_object(), "the offset ranges read: {done}");
+    assert_eq!(done["outputs"][0]["name"], "dataset_1");
+    assert_eq!(
+        done["run"]["facets"]["recsys_run"]["metrics"]["messages"],
+        msgs.len()
+    );
+}
