@@ -174,6 +174,11 @@ struct Receiver {
 }
 
 fn receiver() -> Receiver {
+    receiver_answering("201 Created")
+}
+
+/// A receiver that answers every POST with `status`.
+fn receiver_answering(status: &'static str) -> Receiver {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", l.local_addr().expect("addr"));
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -210,7 +215,8 @@ fn receiver() -> Receiver {
             let v: Value = serde_json::from_slice(&body).expect("event is JSON");
             sink.lock().expect("lock").push((path, v));
             let _ = s.write_all(
-                b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
             );
         }
     });
@@ -540,6 +546,21 @@ fn a_file_sink_an_env_url_and_an_unreachable_receiver_never_fail_the_command() {
         "{stderr}"
     );
     assert!(env.path("models/model_v1.bin.recsys").exists());
+
+    // A receiver that refuses the events: warnings too, the work stays.
+    let refusing = receiver_answering("500 Internal Server Error");
+    let o = env.run(&[
+        "evaluate",
+        "--model",
+        "model_v1",
+        "--openlineage-url",
+        &refusing.url,
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("not delivered").count(), 2, "{stderr}");
+    assert!(stderr.contains("500"), "{stderr}");
+    assert_eq!(refusing.events().len(), 2, "both were offered");
 }
 
 #[test]
