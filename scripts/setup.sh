@@ -3,7 +3,8 @@
 # (idempotent, quiet when everything is present). Needs root for apt-get.
 #
 #   build:    git, a C toolchain, pkg-config (rdkafka builds librdkafka)
-#   data:     python3 + pip + unzip (MovieLens 100K comes from a PyPI wheel)
+#   data:     python3 + pip + venv + unzip (MovieLens 100K comes from a PyPI
+#             wheel; mlflow for the registry tests goes into a venv)
 #   services: postgresql (monitoring sink, shared lineage index; started by
 #             scripts/postgres.sh, never by systemd)
 set -euo pipefail

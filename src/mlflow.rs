@@ -495,7 +495,7 @@ pub fn sync(client: &Client, w: &Wanted) -> Result<SyncReport> {
     }
     let listed: Vec<&str> = w.aliases.keys().map(String::as_str).collect();
     let listed = listed.join(",");
-    if tags_of(&rm).get(ALIASES_TAG) != Some(&listed) {
+    if tags_of(&rm).get(ALIASES_TAG).map_or("", String::as_str) != listed {
         client.ok(
             "POST",
             "registered-models/set-tag",

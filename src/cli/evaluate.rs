@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 use super::Ctx;
-use super::openlineage::Outcome;
 use crate::model::Metrics;
 use crate::pipeline::{self, EvaluateOptions, Mode};
 
@@ -52,7 +51,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         &ws,
         "evaluate",
         || pipeline::evaluate(&ws, &o, &ctx.progress()),
-        |r| Outcome::Recorded(r.run),
+        |r| r.run,
     )?;
     if a.json {
         super::print_json(&r)?;

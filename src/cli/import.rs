@@ -2,7 +2,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::Ctx;
-use super::openlineage::Outcome;
 use crate::pipeline;
 
 /// Import an outside dataset as the next dataset_N (with an import run).
@@ -47,10 +46,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         &ws,
         "import.movielens",
         || pipeline::import_movielens(&ws, &a.data_dir, &ctx.progress()),
-        |r| match r.unchanged {
-            true => Outcome::Nothing,
-            false => Outcome::Recorded(r.run),
-        },
+        |r| if r.unchanged { None } else { r.run },
     )?;
     if a.json {
         super::print_json(&r)?;

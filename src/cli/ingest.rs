@@ -108,7 +108,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let res = ingest::run(&ws, &opts, &bar);
     if let Some(o) = &observed {
         match &res {
-            Ok(r) => o.complete(&ws, super::openlineage::Outcome::Recorded(r.run)),
+            Ok(r) => o.complete(&ws, r.run),
             Err(e) => o.fail(&ws, e),
         }
     }

@@ -111,14 +111,6 @@ pub(crate) struct Observed {
     commit: Option<String>,
 }
 
-/// How a command ended, for its COMPLETE event.
-pub(crate) enum Outcome {
-    /// It wrote this run record.
-    Recorded(Option<Digest>),
-    /// It recorded nothing new.
-    Nothing,
-}
-
 /// An error and its causes on one line, each said once.
 fn message(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
@@ -165,20 +157,12 @@ impl Observed {
         Ok(Some(o))
     }
 
-    /// The COMPLETE: the run record's datasets and digest when there is one.
-    pub(crate) fn complete(&self, ws: &Workspace, outcome: Outcome) {
-        let ev = match outcome {
-            Outcome::Recorded(Some(d)) => match read_record(ws, &d) {
-                Some(r) => openlineage::complete(&self.ctx, &self.job, self.id, &d, &r),
-                None => openlineage::complete_unrecorded(
-                    &self.ctx,
-                    &self.job,
-                    self.id,
-                    ws.now_ms(),
-                    self.commit.as_deref(),
-                ),
-            },
-            Outcome::Recorded(None) | Outcome::Nothing => openlineage::complete_unrecorded(
+    /// The COMPLETE: with the datasets and digest of the run record the
+    /// command wrote, if it wrote one (`None`: it recorded nothing new).
+    pub(crate) fn complete(&self, ws: &Workspace, run: Option<Digest>) {
+        let ev = match run.and_then(|d| read_record(ws, &d).map(|r| (d, r))) {
+            Some((d, r)) => openlineage::complete(&self.ctx, &self.job, self.id, &d, &r),
+            None => openlineage::complete_unrecorded(
                 &self.ctx,
                 &self.job,
                 self.id,
@@ -237,7 +221,7 @@ pub(crate) fn observe<T, E>(
     ws: &Workspace,
     job: &str,
     f: impl FnOnce() -> Result<T, E>,
-    outcome: impl FnOnce(&T) -> Outcome,
+    run: impl FnOnce(&T) -> Option<Digest>,
 ) -> anyhow::Result<T>
 where
     E: std::error::Error + Send + Sync + 'static,
@@ -247,7 +231,7 @@ where
     };
     let res = f();
     match &res {
-        Ok(t) => o.complete(ws, outcome(t)),
+        Ok(t) => o.complete(ws, run(t)),
         Err(e) => o.fail(ws, e),
     }
     Ok(res?)

@@ -88,7 +88,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let res = pipeline::run_chain(&ws, &o, &bar, &mut on_step);
     if let Some(ob) = &observed {
         match &res {
-            Ok(_) => ob.complete(&ws, super::openlineage::Outcome::Nothing),
+            Ok(_) => ob.complete(&ws, None),
             Err(e) => ob.fail(&ws, e),
         }
     }

@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 use super::Ctx;
-use super::openlineage::Outcome;
 use crate::model::{Algo, SplitKind};
 use crate::pipeline::{self, DEFAULT_TEST_FRACTION, TrainOptions};
 use crate::user_filter::UserFilter;
@@ -149,7 +148,7 @@ pub fn run(a: Args, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             }
             pipeline::train(&ws, &o, &ctx.progress())
         },
-        |r| Outcome::Recorded(r.run),
+        |r| r.run,
     )?;
     if a.json {
         super::print_json(&r)?;

@@ -319,6 +319,29 @@ fn registry_sync_mirrors_models_metrics_and_served_arms_idempotently() {
     ]);
     assert_eq!(r["created_registered_model"], true);
     assert_eq!(versions(&m, "movie-recs").len(), 2);
+    // Without a config.json: versions, no aliases, and idempotent all the same.
+    std::fs::remove_file(env.path("config.json")).expect("rm config");
+    let r = env.json(&[
+        "registry",
+        "sync",
+        "--mlflow",
+        &m.url,
+        "--name",
+        "no-config",
+        "--json",
+    ]);
+    assert_eq!(r["versions_created"].as_array().map(Vec::len), Some(2));
+    assert!(aliases(&m, "no-config").is_empty());
+    let r = env.json(&[
+        "registry",
+        "sync",
+        "--mlflow",
+        &m.url,
+        "--name",
+        "no-config",
+        "--json",
+    ]);
+    assert_eq!(r["unchanged"], true, "{r}");
 
     // Bad input: a clear one-line error, nothing written to the registry.
     env.write("config.json", r#"{"default":"model_v9"}"#);

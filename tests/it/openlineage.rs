@@ -174,6 +174,11 @@ struct Receiver {
 }
 
 fn receiver() -> Receiver {
+    receiver_answering("201 Created")
+}
+
+/// A receiver that answers every POST with `status`.
+fn receiver_answering(status: &'static str) -> Receiver {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", l.local_addr().expect("addr"));
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -210,7 +215,8 @@ fn receiver() -> Receiver {
             let v: Value = serde_json::from_slice(&body).expect("event is JSON");
             sink.lock().expect("lock").push((path, v));
             let _ = s.write_all(
-                b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
             );
         }
     });
@@ -540,6 +546,21 @@ fn a_file_sink_an_env_url_and_an_unreachable_receiver_never_fail_the_command() {
         "{stderr}"
     );
     assert!(env.path("models/model_v1.bin.recsys").exists());
+
+    // A receiver that refuses the events: warnings too, the work stays.
+    let refusing = receiver_answering("500 Internal Server Error");
+    let o = env.run(&[
+        "evaluate",
+        "--model",
+        "model_v1",
+        "--openlineage-url",
+        &refusing.url,
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("not delivered").count(), 2, "{stderr}");
+    assert!(stderr.contains("500"), "{stderr}");
+    assert_eq!(refusing.events().len(), 2, "both were offered");
 }
 
 #[test]
@@ -703,4 +724,48 @@ fn a_pipeline_is_a_parent_run_with_its_steps_as_children() {
     ]);
     let text = std::fs::read_to_string(&out).expect("export file");
     assert_eq!(text.lines().count(), 6);
+}
+
+#[test]
+fn a_standalone_ingest_reads_the_topic_and_writes_a_dataset() {
+    use crate::ingest::{TOPIC, cluster, produce, taste_batch};
+    let checker = Checker::new();
+    let env = Env::new();
+    let (_c, brokers) = cluster(1);
+    let msgs = taste_batch(1..6, 1);
+    produce(&brokers, TOPIC, &msgs);
+    let n = msgs.len().to_string();
+    let file = env.tmp.path().join("ol.jsonl");
+    env.ok(&[
+        "ingest",
+        "--brokers",
+        &brokers,
+        "--topic",
+        TOPIC,
+        "--max-messages",
+        &n,
+        "--openlineage-url",
+        &format!("file://{}", file.display()),
+    ]);
+    let events: Vec<Value> = std::fs::read_to_string(&file)
+        .expect("events")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        checker.check(e);
+        assert_eq!(e["job"]["name"], "ingest");
+    }
+    assert_eq!(events[0]["run"]["runId"], events[1]["run"]["runId"]);
+    let done = &events[1];
+    assert_eq!(done["eventType"], "COMPLETE");
+    assert_eq!(done["inputs"][0]["name"], TOPIC);
+    let offsets = &done["inputs"][0]["facets"]["recsys_source"]["offsets"];
+    assert!(offsets.is_object(), "the offset ranges read: {done}");
+    assert_eq!(done["outputs"][0]["name"], "dataset_1");
+    assert_eq!(
+        done["run"]["facets"]["recsys_run"]["metrics"]["messages"],
+        msgs.len()
+    );
 }
