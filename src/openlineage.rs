@@ -80,9 +80,9 @@ impl Context {
                 .unwrap_or_else(|| "recsys".into())
         });
         let dataset_namespace = match ws.config.pick(None) {
-            Ok(Some((_, url))) if url.contains("://") => redact(&url),
-            Ok(Some((_, path))) => {
-                let p = std::path::Path::new(&path);
+            Ok(Some((_, r))) if r.url.contains("://") => redact(&r.url),
+            Ok(Some((_, r))) => {
+                let p = std::path::Path::new(&r.url);
                 let abs = if p.is_absolute() {
                     p.to_path_buf()
                 } else {
