@@ -37,6 +37,7 @@ mod remote;
 mod replay;
 mod reproduce;
 mod serve;
+mod simulate;
 mod status;
 mod sync;
 mod train;
@@ -98,6 +99,7 @@ enum Command {
     Config(config::Args),
     Monitor(monitor::Args),
     Experiment(experiment::Args),
+    Simulate(simulate::Args),
 }
 
 /// What every subcommand gets.
@@ -298,6 +300,7 @@ pub fn main() -> ExitCode {
         Command::Reproduce(a) => reproduce::run(a, &ctx),
         Command::Ingest(a) => ingest::run(a, &ctx),
         Command::Replay(a) => replay::run(a, &ctx),
+        Command::Simulate(a) => simulate::run(a, &ctx),
         Command::Pipeline(a) => pipeline::run(a, &ctx),
         Command::Serve(a) => serve::run(a, &ctx),
         Command::Config(a) => config::run(a, &ctx),

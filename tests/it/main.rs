@@ -15,5 +15,6 @@ mod pipeline;
 mod provenance;
 mod serve;
 mod serve_limits;
+mod simulate;
 mod store;
 mod torture;
