@@ -36,6 +36,7 @@ mod pipeline;
 mod remote;
 mod replay;
 mod reproduce;
+mod rollout;
 mod serve;
 mod simulate;
 mod status;
@@ -100,6 +101,7 @@ enum Command {
     Monitor(monitor::Args),
     Experiment(experiment::Args),
     Simulate(simulate::Args),
+    Rollout(rollout::Args),
 }
 
 /// What every subcommand gets.
@@ -301,6 +303,7 @@ pub fn main() -> ExitCode {
         Command::Ingest(a) => ingest::run(a, &ctx),
         Command::Replay(a) => replay::run(a, &ctx),
         Command::Simulate(a) => simulate::run(a, &ctx),
+        Command::Rollout(a) => rollout::run(a, &ctx),
         Command::Pipeline(a) => pipeline::run(a, &ctx),
         Command::Serve(a) => serve::run(a, &ctx),
         Command::Config(a) => config::run(a, &ctx),

@@ -13,6 +13,7 @@ mod monitor;
 mod movielens;
 mod pipeline;
 mod provenance;
+mod rollout;
 mod serve;
 mod serve_limits;
 mod simulate;
