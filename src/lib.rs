@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod segment;
 pub mod serve;
+pub mod simulate;
 pub mod store;
 pub mod stream;
 pub mod text;

@@ -39,7 +39,9 @@ mod registry;
 mod remote;
 mod replay;
 mod reproduce;
+mod rollout;
 mod serve;
+mod simulate;
 mod status;
 mod sync;
 mod train;
@@ -120,6 +122,8 @@ enum Command {
     Monitor(monitor::Args),
     Experiment(experiment::Args),
     Registry(registry::Args),
+    Simulate(simulate::Args),
+    Rollout(rollout::Args),
 }
 
 /// What every subcommand gets.
@@ -340,6 +344,8 @@ pub fn main() -> ExitCode {
         Command::Reproduce(a) => reproduce::run(a, &ctx),
         Command::Ingest(a) => ingest::run(a, &ctx),
         Command::Replay(a) => replay::run(a, &ctx),
+        Command::Simulate(a) => simulate::run(a, &ctx),
+        Command::Rollout(a) => rollout::run(a, &ctx),
         Command::Pipeline(a) => pipeline::run(a, &ctx),
         Command::Serve(a) => serve::run(a, &ctx),
         Command::Config(a) => config::run(a, &ctx),

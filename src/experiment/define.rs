@@ -564,7 +564,7 @@ fn revision(ws: &Workspace, name: &str) -> Result<u64> {
     Ok(rev)
 }
 
-fn model_ref(ws: &Workspace, name: &str) -> Result<ArtifactRef> {
+pub(super) fn model_ref(ws: &Workspace, name: &str) -> Result<ArtifactRef> {
     match ws.lineage.artifact_by_name(name)? {
         Some(a) if a.kind == "model" => Ok(ArtifactRef {
             digest: a.digest,
@@ -578,7 +578,9 @@ fn model_ref(ws: &Workspace, name: &str) -> Result<ArtifactRef> {
     }
 }
 
-fn read_config(path: &Path) -> Result<(Vec<u8>, serde_json::Value, config::RouterConfig)> {
+pub(super) fn read_config(
+    path: &Path,
+) -> Result<(Vec<u8>, serde_json::Value, config::RouterConfig)> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| ExperimentError::Config {
         path: shown.clone(),
@@ -597,7 +599,7 @@ fn read_config(path: &Path) -> Result<(Vec<u8>, serde_json::Value, config::Route
 }
 
 /// Check a rewritten config with the server's checker and serialise it.
-fn checked(path: &Path, value: &serde_json::Value) -> Result<Vec<u8>> {
+pub(super) fn checked(path: &Path, value: &serde_json::Value) -> Result<Vec<u8>> {
     let mut out = serde_json::to_string_pretty(value).map_err(|e| ExperimentError::Config {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -633,14 +635,14 @@ fn with_rules(
     checked(config_path, value)
 }
 
-fn rules_mut(value: &mut serde_json::Value) -> Option<&mut Vec<serde_json::Value>> {
+pub(super) fn rules_mut(value: &mut serde_json::Value) -> Option<&mut Vec<serde_json::Value>> {
     let obj = value.as_object_mut()?;
     obj.entry("rules")
         .or_insert_with(|| serde_json::Value::Array(Vec::new()))
         .as_array_mut()
 }
 
-fn config_error(path: &Path, reason: &str) -> ExperimentError {
+pub(super) fn config_error(path: &Path, reason: &str) -> ExperimentError {
     ExperimentError::Config {
         path: path.display().to_string(),
         reason: reason.to_string(),
@@ -689,7 +691,7 @@ fn commit(
 
 /// Held while an experiment changes: two `create`s at once must not both
 /// pass the name and overlap checks, nor interleave their config rewrites.
-fn lock(ws: &Workspace) -> Result<std::fs::File> {
+pub(super) fn lock(ws: &Workspace) -> Result<std::fs::File> {
     use crate::fs_error::IoContext;
     if ws.git().is_some() {
         // Machine-local, like lineage.db: never committed.

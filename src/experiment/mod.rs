@@ -12,12 +12,16 @@
 //!   decision, from the monitor's tables (conversions are the feedback
 //!   join's `converted_10`; nothing here recomputes them).
 //! - [`plot`]: the SVG of cumulative conversion per arm.
+//! - [`rollout`]: the canary controller (`recsys rollout`): config.json
+//!   rewritten step by step while guards read from the monitor hold, rolled
+//!   back (and a webhook posted) on the first failure.
 //!
 //! The core prints nothing and reads no environment.
 
 pub(crate) mod define;
 pub(crate) mod plot;
 pub(crate) mod report;
+pub(crate) mod rollout;
 pub mod stats;
 
 pub(crate) use define::ExperimentState;

@@ -199,32 +199,105 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// Produce `lines` to `topic`, keyed by user (a user's lines stay in order
-/// on one partition), at `rate` lines per second if given. Returns the
-/// number delivered; any failed delivery is an error.
+/// A Kafka producer of stream lines, keyed by user (a user's lines stay in
+/// order on one partition): what `replay` and `simulate` write through.
+pub struct StreamProducer {
+    producer: BaseProducer<Deliveries>,
+    brokers: String,
+    topic: String,
+    sent: u64,
+    key: String,
+}
+
+impl StreamProducer {
+    pub fn connect(brokers: &str, topic: &str, client_id: &str) -> Result<StreamProducer> {
+        let producer: BaseProducer<Deliveries> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("client.id", client_id)
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create_with_context(Deliveries::default())
+            .map_err(|e| kafka_error("create producer for", brokers, topic, e))?;
+        Ok(StreamProducer {
+            producer,
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            sent: 0,
+            key: String::new(),
+        })
+    }
+
+    /// Queue one line (waits while librdkafka's local queue is full).
+    pub fn send(&mut self, user: u64, line: &str) -> Result<()> {
+        use std::fmt::Write as _;
+        self.key.clear();
+        let _ = write!(self.key, "{user}");
+        let mut record = BaseRecord::to(&self.topic)
+            .key(self.key.as_str())
+            .payload(line);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Local queue full: serve delivery reports, then retry.
+                    self.producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+                Err((e, _)) => {
+                    return Err(kafka_error("produce to", &self.brokers, &self.topic, e));
+                }
+            }
+        }
+        self.sent += 1;
+        if self.sent.is_multiple_of(1024) {
+            self.producer.poll(Duration::ZERO);
+        }
+        Ok(())
+    }
+
+    /// Wait for every queued line; any failed delivery is an error.
+    /// Returns the number delivered.
+    pub fn finish(&mut self) -> Result<u64> {
+        self.producer
+            .flush(FLUSH_TIMEOUT)
+            .map_err(|e| kafka_error("flush", &self.brokers, &self.topic, e))?;
+        let ctx = self.producer.context();
+        let failed = ctx.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let last = ctx
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            return Err(IngestError::Invalid(format!(
+                "{failed} of {} messages were not delivered to {} at {} (last error: {last})",
+                self.sent, self.topic, self.brokers
+            )));
+        }
+        Ok(self.sent)
+    }
+}
+
+fn kafka_error(op: &'static str, brokers: &str, topic: &str, source: KafkaError) -> IngestError {
+    IngestError::Kafka {
+        op,
+        brokers: brokers.to_string(),
+        topic: topic.to_string(),
+        source: Box::new(source),
+    }
+}
+
+/// Produce `lines` to `topic`, keyed by user, at `rate` lines per second
+/// if given. Returns the number delivered; any failed delivery is an error.
 pub fn produce(
     brokers: &str,
     topic: &str,
     lines: &[(u64, String)],
     rate: Option<f64>,
 ) -> Result<u64> {
-    let kerr = |op: &'static str| {
-        move |source: KafkaError| IngestError::Kafka {
-            op,
-            brokers: brokers.to_string(),
-            topic: topic.to_string(),
-            source: Box::new(source),
-        }
-    };
-    let producer: BaseProducer<Deliveries> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("client.id", "recsys-replay")
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create_with_context(Deliveries::default())
-        .map_err(kerr("create producer for"))?;
+    let mut p = StreamProducer::connect(brokers, topic, "recsys-replay")?;
     let t0 = Instant::now();
-    let mut key = String::new();
     for (i, (user, line)) in lines.iter().enumerate() {
         if let Some(r) = rate.filter(|r| *r > 0.0) {
             let due = Duration::from_secs_f64(i as f64 / r);
@@ -233,43 +306,9 @@ pub fn produce(
                 std::thread::sleep(due - now);
             }
         }
-        key.clear();
-        use std::fmt::Write as _;
-        let _ = write!(key, "{user}");
-        let mut record = BaseRecord::to(topic)
-            .key(key.as_str())
-            .payload(line.as_str());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Local queue full: serve delivery reports, then retry.
-                    producer.poll(Duration::from_millis(10));
-                    record = r;
-                }
-                Err((e, _)) => return Err(kerr("produce to")(e)),
-            }
-        }
-        if i % 1024 == 0 {
-            producer.poll(Duration::ZERO);
-        }
+        p.send(*user, line)?;
     }
-    producer.flush(FLUSH_TIMEOUT).map_err(kerr("flush"))?;
-    let ctx = producer.context();
-    let failed = ctx.failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        let last = ctx
-            .last_error
-            .lock()
-            .ok()
-            .and_then(|l| l.clone())
-            .unwrap_or_default();
-        return Err(IngestError::Invalid(format!(
-            "{failed} of {} messages were not delivered to {topic} at {brokers} (last error: {last})",
-            lines.len()
-        )));
-    }
-    Ok(lines.len() as u64)
+    p.finish()
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ pub use eval::{
     evaluate_segments_in, split,
 };
 pub use format::{FORMAT_VERSION, Header, MAGIC, content_digest, load, save};
+pub(crate) use train::Rng;
 pub use train::{DEFAULT_HALF_LIFE_MS, train, train_with_cohorts};
 
 /// Cold-user cohorts of the default hybrid: age bands.

@@ -377,17 +377,21 @@ pub(crate) fn slack_body(n: &Notification) -> serde_json::Value {
 
 /// Post a notification; an error names the URL (never blocks forever).
 pub(crate) fn post(url: &str, n: &Notification) -> Result<(), String> {
+    post_json(url, &slack_body(n)).map_err(|e| format!("alert {e}"))
+}
+
+/// POST a JSON body (a Slack-format message) to a webhook.
+pub(crate) fn post_json(url: &str, body: &serde_json::Value) -> Result<(), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
-    let body = slack_body(n).to_string();
     agent
         .post(url)
         .header("Content-Type", "application/json")
-        .send(body.as_bytes())
+        .send(body.to_string().as_bytes())
         .map(|_| ())
-        .map_err(|e| format!("alert webhook {url}: {e}"))
+        .map_err(|e| format!("webhook {url}: {e}"))
 }
 
 #[cfg(test)]

@@ -443,3 +443,137 @@ mod tests {
         assert_eq!(gini(&[0, 0]), None);
     }
 }
+
+/// Guard figures of one route (config rule and arm) over a time range,
+/// from the raw answers: what a canary controller compares.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ArmHealth {
+    /// The route label the server logged (`rules[0] canary canary`, `default`).
+    pub arm: String,
+    pub answers: u64,
+    /// Answers the routed model failed (`fallback_error`).
+    pub errors: u64,
+    /// Answers that were popularity fallbacks (unknown user or error).
+    pub fallbacks: u64,
+    pub error_rate: Option<f64>,
+    pub fallback_share: Option<f64>,
+    /// Server-side latency, nearest-rank 95th percentile of the answers.
+    pub latency_p95_ms: Option<f64>,
+}
+
+/// [`ArmHealth`] per route of the non-late answers with `since_ms <=
+/// time_ms < until_ms`, sorted by route.
+pub fn arm_health(
+    sink: &mut dyn Sink,
+    since_ms: i64,
+    until_ms: i64,
+) -> Result<Vec<ArmHealth>, MonitorError> {
+    let rows = sink.rows(
+        "SELECT arm, status, latency_us FROM mon_answers
+         WHERE late = 0 AND time_ms >= $1 AND time_ms < $2",
+        &[since_ms, until_ms],
+    )?;
+    let mut by: BTreeMap<String, (ArmHealth, Vec<i64>)> = BTreeMap::new();
+    for r in rows {
+        let arm = r[0].text();
+        let status = r[1].text();
+        let e = by.entry(arm.clone()).or_insert_with(|| {
+            (
+                ArmHealth {
+                    arm,
+                    ..ArmHealth::default()
+                },
+                Vec::new(),
+            )
+        });
+        e.0.answers += 1;
+        e.0.errors += u64::from(status == "fallback_error");
+        e.0.fallbacks += u64::from(status != "ok");
+        e.1.push(r[2].int());
+    }
+    Ok(by
+        .into_values()
+        .map(|(mut h, mut lat)| {
+            lat.sort_unstable();
+            let n = h.answers as f64;
+            if h.answers > 0 {
+                h.error_rate = Some(h.errors as f64 / n);
+                h.fallback_share = Some(h.fallbacks as f64 / n);
+                let rank = ((0.95 * n).ceil() as usize).clamp(1, lat.len());
+                h.latency_p95_ms = Some(lat[rank - 1] as f64 / 1000.0);
+            }
+            h
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod arm_health_tests {
+    use super::*;
+    use crate::monitor::sink::Position;
+    use crate::monitor::sqlite::SqliteSink;
+    use crate::monitor::{JoinConfig, Monitor};
+    use crate::segment::{RequestRecord, ServedBy};
+
+    #[test]
+    fn per_route_rates_and_p95_come_from_the_answers_in_range() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sink = SqliteSink::open(&dir.path().join("m.db")).expect("db");
+        let mut mon = Monitor::open(Box::new(sink), JoinConfig::default()).expect("monitor");
+        for i in 0..40u64 {
+            let (route, status) = if i % 2 == 0 {
+                (
+                    "rules[0] r canary",
+                    if i % 4 == 0 {
+                        "fallback_unknown_user"
+                    } else {
+                        "ok"
+                    },
+                )
+            } else {
+                ("default", if i == 1 { "fallback_error" } else { "ok" })
+            };
+            let rec = RequestRecord {
+                id: uuid::Uuid::from_u128(u128::from(i) + 1)
+                    .hyphenated()
+                    .to_string(),
+                time: 1_000_000 + i as i64 * 1000,
+                user: i as i64,
+                served: ServedBy {
+                    model: "m".into(),
+                    model_digest: "0".repeat(64),
+                    dataset: "d".into(),
+                    dataset_digest: "0".repeat(64),
+                    train_run: "0".repeat(64),
+                    code_commit: "0".repeat(40),
+                    config_digest: "0".repeat(64),
+                },
+                route: route.into(),
+                status: status.into(),
+                latency_us: (i as i64 + 1) * 1000,
+                items: vec!["a+1999".into()],
+            };
+            let pos = Position {
+                source: "segment:t".into(),
+                part: 0,
+                off: i as i64,
+            };
+            mon.request_record(pos, rec);
+        }
+        mon.flush().expect("flush");
+        let h = arm_health(mon.sink_mut(), 1_000_000, 1_040_000).expect("health");
+        assert_eq!(h.len(), 2);
+        let (canary, default) = (&h[1], &h[0]);
+        assert_eq!(canary.arm, "rules[0] r canary");
+        assert_eq!(
+            (canary.answers, canary.fallbacks, canary.errors),
+            (20, 10, 0)
+        );
+        assert_eq!(default.errors, 1);
+        assert_eq!(default.error_rate, Some(0.05));
+        // Canary latencies 1, 3, ..., 39 ms: the 19th of 20 is 37 ms.
+        assert_eq!(canary.latency_p95_ms, Some(37.0));
+        let later = arm_health(mon.sink_mut(), 1_030_000, i64::MAX).expect("health");
+        assert_eq!(later.iter().map(|h| h.answers).sum::<u64>(), 10);
+    }
+}
