@@ -569,12 +569,17 @@ impl LocalWriter<'_> {
             }
             Source::Reader(r) => {
                 let mut h = blake3::Hasher::new();
-                let mut buf = vec![0u8; 4 << 20];
+                // Small first: a fetch of many small objects would spend
+                // its time zeroing 4 MiB per object.
+                let mut buf = vec![0u8; 64 << 10];
                 let mut n_total = 0u64;
                 loop {
                     let n = r.read(&mut buf).ctx("read", tmp)?;
                     if n == 0 {
                         break;
+                    }
+                    if n == buf.len() && buf.len() < 4 << 20 {
+                        buf.resize(4 << 20, 0);
                     }
                     if n >= 1 << 20 {
                         h.update_rayon(&buf[..n]);

@@ -5,6 +5,7 @@
 //! [`super::s3`]); push, fetch, pull and status drive both through the same
 //! trait. URLs may carry credentials: only [`redact`]ed forms are ever shown.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -169,6 +170,9 @@ pub(crate) fn transfer(
     // network store on either side (no local path) gets `jobs` transfers
     // in flight.
     let probe = Digest([0; 32]);
+    // From a network store into a local directory: downloads in parallel,
+    // writes one at a time.
+    let download = to.local_path(&probe).is_some() && from.local_path(&probe).is_none();
     let jobs = if to.local_path(&probe).is_some() && from.local_path(&probe).is_some() {
         1
     } else {
@@ -208,10 +212,14 @@ pub(crate) fn transfer(
         for missing in todo_phases {
             for chunk in missing.chunks(BATCH) {
                 let w = to.begin()?;
-                let moved: Vec<u64> = chunk
-                    .par_iter()
-                    .map(|d| copy_one(from, &*w, d, progress))
-                    .collect::<Result<_>>()?;
+                let moved: Vec<u64> = if download {
+                    download_chunk(from, &*w, chunk, progress)?
+                } else {
+                    chunk
+                        .par_iter()
+                        .map(|d| copy_one(from, &*w, d, progress))
+                        .collect::<Result<_>>()?
+                };
                 w.commit()?;
                 stats.objects += moved.len();
                 stats.bytes += moved.iter().sum::<u64>();
@@ -219,6 +227,82 @@ pub(crate) fn transfer(
         }
         progress.finish();
         Ok(stats)
+    })
+}
+
+/// What a download thread hands the writer: a small object's bytes, or
+/// the open body of a large one (streamed by the writer).
+enum Fetched<'a> {
+    Bytes(Vec<u8>),
+    Body(Box<dyn std::io::Read + Send + 'a>),
+}
+
+/// Objects below this are read whole by the download threads.
+const IN_MEMORY: u64 = 16 << 20;
+
+/// Download `chunk` on the current pool's threads and write it through
+/// `w` on this one, in arrival order: parallel creates in one local
+/// directory contend on its lock.
+fn download_chunk(
+    from: &dyn ObjectStore,
+    w: &dyn super::Writer,
+    chunk: &[Digest],
+    progress: &dyn Progress,
+) -> Result<Vec<u64>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Digest, Result<Fetched<'_>>)>(16);
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || {
+            let mut out = Vec::with_capacity(chunk.len());
+            let mut first_err = None;
+            for (d, r) in rx {
+                if first_err.is_some() {
+                    continue; // drain: the downloads finish, nothing more is written
+                }
+                let res = r.and_then(|f| match f {
+                    Fetched::Bytes(b) => w.put(Source::Bytes(&b), Some(&d), progress),
+                    Fetched::Body(mut body) => w.put(Source::Reader(&mut body), Some(&d), progress),
+                });
+                match res {
+                    Ok((_, n)) => out.push(n),
+                    Err(StoreError::DigestMismatch {
+                        expected, actual, ..
+                    }) => {
+                        first_err = Some(StoreError::DigestMismatch {
+                            expected,
+                            actual,
+                            from: from.location(),
+                        })
+                    }
+                    Err(e) => first_err = Some(e),
+                }
+            }
+            match first_err {
+                Some(e) => Err(e),
+                None => Ok(out),
+            }
+        });
+        // The downloads run on this thread's pool (`jobs` of them).
+        chunk.par_iter().for_each_with(tx, |tx, d| {
+            let r = (|| {
+                let mut body = from.open(d)?.ok_or(StoreError::Missing(*d))?;
+                let mut head = Vec::new();
+                std::io::Read::by_ref(&mut body)
+                    .take(IN_MEMORY)
+                    .read_to_end(&mut head)
+                    .map_err(|e| StoreError::Remote(e.to_string()))?;
+                if (head.len() as u64) < IN_MEMORY {
+                    Ok(Fetched::Bytes(head))
+                } else {
+                    let rest: Box<dyn std::io::Read + Send + '_> =
+                        Box::new(std::io::Cursor::new(head).chain(body));
+                    Ok(Fetched::Body(rest))
+                }
+            })();
+            let _ = tx.send((*d, r));
+        });
+        writer
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Remote("download writer panicked".into())))
     })
 }
 

@@ -14,6 +14,7 @@ mod forget;
 mod gc;
 pub mod pointer;
 mod query;
+mod remote_audit;
 mod remote_erase;
 mod remote_gc;
 mod requests;
@@ -38,6 +39,7 @@ pub use forget::{
 pub use gc::{GcOptions, GcReport, KeptObject};
 pub use pointer::{Kind, Pointer, PointerError};
 pub use query::{ArtifactLineage, DiffEntry, EdgeView, RebuildReport, Upstream};
+pub use remote_audit::RemoteAudit;
 pub use remote_erase::RemoteErasure;
 pub use remote_gc::{REMOTE_GRACE, RemoteGcOptions, RemoteGcReport};
 pub use requests::{NEAR_WINDOW_MS, RequestLineage, ServedLineage};

@@ -837,3 +837,82 @@ fn s3_a_server_that_ignores_conditional_puts_is_named_and_gc_force_refused() {
     let out = direct.ok(&["remote", "check"]);
     assert!(out.contains("ok   conditional put: honoured"), "{out}");
 }
+
+#[test]
+fn s3_audit_remote_finds_missing_short_and_corrupt_objects() {
+    let server = s3s_fs();
+    let env = project(&server.endpoint(), "audit");
+    fill(&env, false);
+    env.ok(&["push"]);
+    let clean = env.json(&["audit", "--remote", "--deep", "--json"]);
+    assert_eq!(clean["problems"], serde_json::json!([]), "{clean}");
+    assert_eq!(clean["rehashed"], clean["checked"], "{clean}");
+    assert!(clean["checked"].as_u64().unwrap() >= 44, "{clean}");
+
+    let f = |i: usize| {
+        let d = {
+            let p = env.path(&format!("data/d/f{i:02}"));
+            blake3::hash(&fs::read(p).unwrap()).to_hex().to_string()
+        };
+        (
+            server.file(BUCKET, &format!("audit/objects/{}/{}", &d[..2], &d[2..])),
+            d,
+        )
+    };
+    let (gone, gone_d) = f(3);
+    fs::remove_file(&gone).unwrap();
+    let (short, short_d) = f(5);
+    let bytes = fs::read(&short).unwrap();
+    fs::write(&short, &bytes[..bytes.len() - 1]).unwrap();
+    let (flipped, flipped_d) = f(7);
+    let mut bytes = fs::read(&flipped).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&flipped, &bytes).unwrap();
+
+    let kinds = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["kind"].as_str().unwrap().to_string(),
+                    p["subject"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let o = env.run(&["audit", "--remote", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let shallow: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut want = vec![
+        ("missing-on-remote".to_string(), gone_d.clone()),
+        ("wrong-size-on-remote".to_string(), short_d.clone()),
+    ];
+    want.sort();
+    assert_eq!(
+        kinds(&shallow),
+        want,
+        "same size and listed: only --deep sees the flip"
+    );
+    let o = env.run(&["audit", "--remote", "origin", "--deep", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let deep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got = kinds(&deep);
+    assert!(
+        got.contains(&("corrupt-on-remote".into(), flipped_d.clone())),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&("corrupt-on-remote".into(), short_d)),
+        "{got:?}"
+    );
+    let text = env.run(&["audit", "--remote"]);
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        out.contains(&format!(
+            "missing-on-remote: {gone_d}: not on remote origin"
+        )),
+        "{out}"
+    );
+}
