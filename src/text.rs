@@ -37,6 +37,22 @@ pub(crate) fn number_after(name: &str, prefix: &str) -> Option<u64> {
     rest.parse().ok()
 }
 
+/// An error and its sources on one line, `a: b: c` (a source whose text
+/// the line holds already is not repeated).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

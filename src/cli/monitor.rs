@@ -472,7 +472,7 @@ fn run_monitor(a: RunArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             })();
             if let Err(e) = res {
                 if kafka_warned.elapsed() > Duration::from_secs(10) {
-                    tracing::warn!("{} (retrying)", chain(&e));
+                    tracing::warn!("{} (retrying)", crate::text::error_chain(&e));
                     kafka_warned = Instant::now();
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -508,7 +508,7 @@ fn run_monitor(a: RunArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                         failing_since = Some(Instant::now());
                         tracing::error!(
                             "cannot write to the monitoring database: {}; holding {} rows and retrying (reading paused)",
-                            chain(&e),
+                            crate::text::error_chain(&e),
                             mon.buffered()
                         );
                     }
@@ -545,7 +545,7 @@ fn run_monitor(a: RunArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                     tracing::warn!(
                         "cannot write the final checkpoint to {}: {} (retrying)",
                         mon.describe(),
-                        chain(&e)
+                        crate::text::error_chain(&e)
                     );
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -564,19 +564,4 @@ fn run_monitor(a: RunArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         c.answers, c.watches, c.stream_requests, c.closed, c.converted_20, c.late_events, c.late_answers, mon.bad()
     ));
     Ok(ExitCode::SUCCESS)
-}
-
-/// An error and its causes, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }

@@ -163,21 +163,6 @@ fn transient(e: &object_store::Error) -> bool {
     }
 }
 
-/// An error and its sources on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 impl S3Store {
     pub fn open(spec: S3Spec) -> Result<S3Store> {
         let url = if spec.prefix.is_empty() {
@@ -1180,6 +1165,15 @@ impl Writer for S3Writer<'_> {
         self.store.save_cache();
         Ok(())
     }
+}
+
+/// An error and its sources on one line, whitespace collapsed (server
+/// messages carry newlines).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::text::error_chain(e)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

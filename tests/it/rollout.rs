@@ -6,46 +6,13 @@
 //! webhook gets a Slack-format message); a sound one goes through every
 //! step and becomes the default; every step is a run record.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 
 use recsys::serve::config;
 
 use crate::common::{Env, ml100k, serve};
+use crate::monitor::webhook_receiver;
 use crate::simulate::{SPEED, cluster, ml_project, spawn_monitor};
-
-/// A tiny HTTP server that keeps every POSTed body.
-fn webhook_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let got: Arc<Mutex<Vec<String>>> = Arc::default();
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut r = BufReader::new(s.try_clone().expect("clone"));
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            g.lock()
-                .expect("lock")
-                .push(String::from_utf8_lossy(&body).into_owned());
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        }
-    });
-    (port, got)
-}
 
 struct Killed(Child);
 

@@ -255,10 +255,28 @@ fn the_same_seed_makes_the_same_choices_and_bad_input_is_a_clear_error() {
             .any(|l| l.contains(",GET /data/m/") && l.ends_with(".mpg"))
     );
     assert!(ta.lines().any(|l| l.contains(",GET /rate/")));
+    // Same seed, same answers: the same choices, user by user. Events are
+    // timed from the server's answers, so on a loaded machine a user's
+    // last request can fall past the end in one run and not the other:
+    // each user's choices are a prefix of the other run's, and nearly all
+    // are shared.
+    let (ca, cb) = (choices(&ta), choices(&tb));
     assert_eq!(
-        choices(&ta),
-        choices(&tb),
-        "same seed, same answers: same choices"
+        ca.keys().collect::<Vec<_>>(),
+        cb.keys().collect::<Vec<_>>(),
+        "same seed, same users"
+    );
+    let (mut shared, mut total) = (0, 0);
+    for (u, x) in &ca {
+        let y = &cb[u];
+        let n = x.len().min(y.len());
+        assert_eq!(x[..n], y[..n], "user {u}: same seed, other choices");
+        shared += n;
+        total += x.len().max(y.len());
+    }
+    assert!(
+        shared * 10 >= total * 9,
+        "{shared} of {total} choices shared"
     );
     assert_ne!(choices(&ta), choices(&tc), "another seed chooses otherwise");
     server.stop();
