@@ -176,62 +176,48 @@ impl Sink for SqliteSink {
             monitor_running: self.running.is_none() && self.held_by_a_monitor(),
             ..UserRows::default()
         };
-        let path = self.path.clone();
-        let err = |e| MonitorError::Sqlite {
-            path: path.clone(),
-            source: e,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
-        for t in USER_TABLES {
-            let n = if dry_run {
-                tx.query_row(
-                    &format!("SELECT count(*) FROM {t} WHERE user_id = ?1"),
-                    [user],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map_err(err)? as u64
-            } else {
-                tx.execute(&format!("DELETE FROM {t} WHERE user_id = ?1"), [user])
-                    .map_err(err)? as u64
-            };
-            out.tables.insert(t.to_string(), n);
-        }
-        let bad: Vec<i64> = {
-            let mut st = tx.prepare("SELECT rowid, text FROM mon_bad").map_err(err)?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(err)?;
-            rows.into_iter()
-                .filter(|(_, text)| bad_line_user(text) == Some(user))
-                .map(|(id, _)| id)
-                .collect()
-        };
-        out.bad_lines = bad.len() as u64;
-        if !dry_run {
-            for id in &bad {
-                tx.execute("DELETE FROM mon_bad WHERE rowid = ?1", [id])
-                    .map_err(err)?;
+        let conn = &mut self.conn;
+        let res = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for t in USER_TABLES {
+                let n = if dry_run {
+                    tx.query_row(
+                        &format!("SELECT count(*) FROM {t} WHERE user_id = ?1"),
+                        [user],
+                        |r| r.get::<_, i64>(0),
+                    )? as u64
+                } else {
+                    tx.execute(&format!("DELETE FROM {t} WHERE user_id = ?1"), [user])? as u64
+                };
+                out.tables.insert(t.to_string(), n);
             }
-        }
-        tx.commit().map_err(err)?;
-        if !dry_run && out.total() > 0 {
-            // The deleted rows' bytes stay in the WAL and in free pages
-            // until both are rewritten.
-            let busy: i64 = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-                .map_err(err)?;
-            self.conn.execute_batch("VACUUM").map_err(err)?;
-            let busy_after: i64 = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-                .map_err(err)?;
-            out.scrubbed = busy == 0 && busy_after == 0;
-        }
+            let bad: Vec<i64> = tx
+                .prepare("SELECT rowid, text FROM mon_bad")?
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+                .filter_map(|row| match row {
+                    Ok((id, text)) if bad_line_user(&text) == Some(user) => Some(Ok(id)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<rusqlite::Result<_>>()?;
+            out.bad_lines = bad.len() as u64;
+            if !dry_run {
+                for id in &bad {
+                    tx.execute("DELETE FROM mon_bad WHERE rowid = ?1", [id])?;
+                }
+            }
+            tx.commit()?;
+            if !dry_run && out.total() > 0 {
+                // The deleted rows' bytes stay in free pages and the WAL
+                // until the file is rebuilt and the WAL emptied.
+                conn.execute_batch("VACUUM")?;
+                let busy: i64 =
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                out.scrubbed = busy == 0;
+            }
+            Ok(())
+        })();
+        res.map_err(|e| self.err(e))?;
         Ok(out)
     }
 }

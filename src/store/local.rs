@@ -613,15 +613,9 @@ impl Writer for LocalWriter<'_> {
                 return Err(e);
             }
         };
-        if let Some(exp) = expected
-            && *exp != d
-        {
+        if let Err(e) = super::expect_source(expected, d) {
             let _ = fs::remove_file(&tmp);
-            return Err(StoreError::DigestMismatch {
-                expected: *exp,
-                actual: d,
-                from: "source".into(),
-            });
+            return Err(e);
         }
         // No check whether the object exists: callers ask before they put
         // (a stat per object saved), and a duplicate is found by the

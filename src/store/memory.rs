@@ -123,15 +123,7 @@ impl Writer for MemoryWriter<'_> {
             }
         };
         let d = Digest::of(&bytes);
-        if let Some(exp) = expected
-            && *exp != d
-        {
-            return Err(StoreError::DigestMismatch {
-                expected: *exp,
-                actual: d,
-                from: "source".into(),
-            });
-        }
+        super::expect_source(expected, d)?;
         let n = bytes.len() as u64;
         progress.advance(n);
         self.pending

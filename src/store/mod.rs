@@ -57,6 +57,19 @@ pub enum StoreError {
     Remote(String),
 }
 
+/// A writer's check of what it was handed: the bytes must hash to the
+/// digest the caller expected, when it named one.
+pub(crate) fn expect_source(expected: Option<&Digest>, actual: Digest) -> Result<()> {
+    match expected {
+        Some(exp) if *exp != actual => Err(StoreError::DigestMismatch {
+            expected: *exp,
+            actual,
+            from: "source".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Attach an operation and a path to an `io::Error`, as this module's

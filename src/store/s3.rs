@@ -1062,15 +1062,7 @@ struct S3Writer<'a> {
 impl S3Writer<'_> {
     fn small(&self, bytes: Bytes, expected: Option<&Digest>) -> Result<(Digest, u64)> {
         let d = Digest::of(&bytes);
-        if let Some(exp) = expected
-            && *exp != d
-        {
-            return Err(StoreError::DigestMismatch {
-                expected: *exp,
-                actual: d,
-                from: "source".into(),
-            });
-        }
+        super::expect_source(expected, d)?;
         let n = bytes.len() as u64;
         self.store.upload_small(&d, bytes)?;
         Ok((d, n))

@@ -82,26 +82,36 @@ pub(crate) fn simulate(
     env.json(&args)
 }
 
-/// Run the monitor over the stream topic and the project's request log
-/// until both are idle.
-pub(crate) fn monitor_until_idle(env: &Env, brokers: &str, topic: &str) {
-    let root = env.root.to_str().expect("utf-8").to_string();
-    let mut args = vec![
+/// `recsys monitor` arguments: the stream topic and the project's request
+/// log, at the tests' speed.
+fn monitor_args(env: &Env, brokers: &str, topic: &str) -> Vec<String> {
+    let root = env.root.to_str().expect("utf-8");
+    let mut args: Vec<String> = [
         "monitor",
         "--brokers",
         brokers,
         "--topic",
         topic,
         "--requests-from",
-        &root,
+        root,
         "--idle",
         "1s",
         "--batch-every",
         "100ms",
-        "--stop-when-idle",
-    ];
-    args.extend_from_slice(&MONITOR_TIMES);
-    env.ok(&args);
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(MONITOR_TIMES.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Run the monitor over the stream topic and the project's request log
+/// until both are idle.
+pub(crate) fn monitor_until_idle(env: &Env, brokers: &str, topic: &str) {
+    let mut args = monitor_args(env, brokers, topic);
+    args.push("--stop-when-idle".into());
+    env.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// Produce stream lines (keyed by user) to `topic`.
@@ -481,22 +491,8 @@ fn an_experiment_on_simulated_users_reports_what_the_raw_stream_says() {
 
 /// `recsys monitor` following the stream and the project's request log.
 pub(crate) fn spawn_monitor(env: &Env, brokers: &str, topic: &str) -> Child {
-    let root = env.root.to_str().expect("utf-8").to_string();
-    let mut args = vec![
-        "monitor",
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--requests-from",
-        &root,
-        "--idle",
-        "1s",
-        "--batch-every",
-        "100ms",
-    ];
-    args.extend_from_slice(&MONITOR_TIMES);
-    env.cmd(&args)
+    let args = monitor_args(env, brokers, topic);
+    env.cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
